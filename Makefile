@@ -1,0 +1,39 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: demo test lint format bench clean samples
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kerascheck summary sample_models/seed000_regressor.keras
+	$(BIN)/kerascheck diff --layer-wise sample_models/seed000_regressor.keras sample_models/seed000_regressor.input.npy
+
+test: $(STAMP)
+	$(BIN)/ruff check kerascheck tests bench sample_models
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check kerascheck tests bench sample_models
+	$(BIN)/ruff format --check kerascheck tests bench sample_models
+
+format: $(STAMP)
+	$(BIN)/ruff format kerascheck tests bench sample_models
+	$(BIN)/ruff check --fix kerascheck tests bench sample_models
+
+samples: $(STAMP)
+	$(BIN)/python sample_models/make_samples.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_engine.py
+
+clean:
+	rm -rf $(VENV)

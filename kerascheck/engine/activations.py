@@ -1,0 +1,269 @@
+"""Activation functions by their Keras names, in NumPy.
+
+Each takes and returns an array of the same dtype; constants are cast to the
+input's dtype so float32 stays float32. Where Keras 2 and Keras 3 disagree
+(hard_sigmoid), `resolve` picks by the file's Keras major version.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import KerascheckError
+
+
+def _c(x: np.ndarray, value: float):
+    return np.asarray(value, dtype=x.dtype)
+
+
+def linear(x):
+    return x
+
+
+def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Keras' general relu: zero below `threshold`, clipped at `max_value`, leaky below."""
+    if threshold != 0:
+        y = np.where(x > _c(x, threshold), x, _c(x, 0.0))
+    else:
+        y = np.maximum(x, _c(x, 0.0))
+    if max_value is not None:
+        y = np.minimum(y, _c(x, max_value))
+    if negative_slope != 0:
+        y = y - _c(x, negative_slope) * np.maximum(_c(x, threshold) - x, _c(x, 0.0))
+    return y.astype(x.dtype, copy=False)
+
+
+def relu6(x):
+    return np.clip(x, _c(x, 0.0), _c(x, 6.0))
+
+
+def sigmoid(x):
+    e = np.exp(-np.abs(x))
+    one = _c(x, 1.0)
+    return np.where(x >= 0, one / (one + e), e / (one + e))
+
+
+def hard_sigmoid_keras3(x):
+    return np.clip(x / _c(x, 6.0) + _c(x, 0.5), _c(x, 0.0), _c(x, 1.0))
+
+
+def hard_sigmoid_keras2(x):
+    return np.clip(_c(x, 0.2) * x + _c(x, 0.5), _c(x, 0.0), _c(x, 1.0))
+
+
+def hard_silu(x):
+    return x * relu6(x + _c(x, 3.0)) / _c(x, 6.0)
+
+
+def tanh(x):
+    return np.tanh(x)
+
+
+def softmax(x, axis=-1):
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1):
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def softplus(x):
+    return np.logaddexp(_c(x, 0.0), x)
+
+
+def softsign(x):
+    return x / (_c(x, 1.0) + np.abs(x))
+
+
+def elu(x, alpha=1.0):
+    return np.where(x > 0, x, _c(x, alpha) * np.expm1(np.minimum(x, _c(x, 0.0))))
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(x):
+    return _c(x, SELU_SCALE) * elu(x, SELU_ALPHA)
+
+
+def erf(x):
+    """Error function, vectorized (W. J. Cody's rational approximations, ~1e-15)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    a = np.abs(x64)
+    out = np.empty_like(x64)
+    small = a < 0.5
+    if np.any(small):
+        t = x64[small] ** 2
+        num = ((0.185777706184603153 * t + 3.16112374387056560) * t + 113.864154151050156) * t
+        num = (num + 377.485237685302021) * t + 3209.37758913846947
+        den = ((t + 23.6012909523441209) * t + 244.024637934444173) * t
+        den = (den + 1282.61652607737228) * t + 2844.23683343917062
+        out[small] = x64[small] * num / den
+    big = ~small
+    if np.any(big):
+        out[big] = np.sign(x64[big]) * (1.0 - _erfc_positive(a[big]))
+    return out.astype(np.asarray(x).dtype, copy=False)
+
+
+def _erfc_positive(a):
+    """erfc for a >= 0.5 (Cody's two ranges)."""
+    result = np.empty_like(a)
+    mid = a <= 4.0
+    p = [5.64188496988670089e-1, 8.88314979438837594, 6.61191906371416295e1,
+         2.98635138197400131e2, 8.81952221241769090e2, 1.71204761263407058e3,
+         2.05107837782607147e3, 1.23033935479799725e3, 2.15311535474403846e-8]
+    q = [1.57449261107098347e1, 1.17693950891312499e2, 5.37181101862009858e2,
+         1.62138957456669019e3, 3.29079923573345963e3, 4.36261909014324716e3,
+         3.43936767414372164e3, 1.23033935480374942e3]
+    if np.any(mid):
+        y = a[mid]
+        num = p[8] * y
+        den = y
+        for i in range(7):
+            num = (num + p[i]) * y
+            den = (den + q[i]) * y
+        value = (num + p[7]) / (den + q[7])
+        result[mid] = np.exp(-y * y) * value
+    tail = ~mid
+    if np.any(tail):
+        r = [3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1,
+             1.60837851487422766e-2, 6.58749161529837803e-4, 1.63153871373020978e-2]
+        s = [2.56852019228982242, 1.87295284992346725, 5.27905102951428412e-1,
+             6.05183413124413191e-2, 2.33520497626869185e-3]
+        y = a[tail]
+        z = 1.0 / (y * y)
+        num = r[5] * z
+        den = z
+        for i in range(4):
+            num = (num + r[i]) * z
+            den = (den + s[i]) * z
+        value = z * (num + r[4]) / (den + s[4])
+        value = (1.0 / math.sqrt(math.pi) - value) / y
+        result[tail] = np.exp(-y * y) * value
+    return result
+
+
+def gelu(x, approximate=False):
+    if approximate:
+        inner = _c(x, math.sqrt(2 / math.pi)) * (x + _c(x, 0.044715) * x**3)
+        return _c(x, 0.5) * x * (_c(x, 1.0) + np.tanh(inner))
+    return _c(x, 0.5) * x * (_c(x, 1.0) + erf(x / _c(x, math.sqrt(2.0))))
+
+
+def swish(x):
+    return x * sigmoid(x)
+
+
+def mish(x):
+    return x * np.tanh(softplus(x))
+
+
+def exponential(x):
+    return np.exp(x)
+
+
+def leaky_relu(x, negative_slope=0.2):
+    return np.where(x >= 0, x, _c(x, negative_slope) * x)
+
+
+def log_sigmoid(x):
+    return -softplus(-x)
+
+
+def hard_tanh(x):
+    return np.clip(x, _c(x, -1.0), _c(x, 1.0))
+
+
+def celu(x, alpha=1.0):
+    return np.maximum(x, _c(x, 0.0)) + _c(x, alpha) * np.expm1(
+        np.minimum(x, _c(x, 0.0)) / _c(x, alpha)
+    )
+
+
+def tanh_shrink(x):
+    return x - np.tanh(x)
+
+
+def squareplus(x, b=4.0):
+    return (x + np.sqrt(x * x + _c(x, b))) / _c(x, 2.0)
+
+
+def soft_shrink(x, threshold=0.5):
+    t = _c(x, threshold)
+    return np.where(x > t, x - t, np.where(x < -t, x + t, _c(x, 0.0)))
+
+
+def hard_shrink(x, threshold=0.5):
+    return np.where(np.abs(x) > _c(x, threshold), x, _c(x, 0.0))
+
+
+def sparse_plus(x):
+    one = _c(x, 1.0)
+    return np.where(x <= -one, _c(x, 0.0), np.where(x >= one, x, (x + one) ** 2 / _c(x, 4.0)))
+
+
+COMMON = {
+    "linear": linear,
+    "relu": relu,
+    "relu6": relu6,
+    "sigmoid": sigmoid,
+    "hard_silu": hard_silu,
+    "hard_swish": hard_silu,
+    "tanh": tanh,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "softplus": softplus,
+    "softsign": softsign,
+    "elu": elu,
+    "selu": selu,
+    "gelu": gelu,
+    "swish": swish,
+    "silu": swish,
+    "mish": mish,
+    "exponential": exponential,
+    "leaky_relu": leaky_relu,
+    "log_sigmoid": log_sigmoid,
+    "hard_tanh": hard_tanh,
+    "celu": celu,
+    "tanh_shrink": tanh_shrink,
+    "squareplus": squareplus,
+    "soft_shrink": soft_shrink,
+    "hard_shrink": hard_shrink,
+    "sparse_plus": sparse_plus,
+}
+
+
+def activation_name(value) -> str:
+    """The Keras name of an activation as stored in a config (string or dict)."""
+    if value is None:
+        return "linear"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        config = value.get("config")
+        if isinstance(config, str):
+            return config
+        if isinstance(config, dict) and "name" in config:
+            return config["name"]
+        registered = value.get("registered_name") or value.get("class_name")
+        if isinstance(registered, str):
+            return registered
+    raise KerascheckError(f"expected an activation name, found {value!r}")
+
+
+def resolve(value, keras_major: int = 3):
+    """Return the NumPy function for an activation config value."""
+    name = activation_name(value)
+    if name == "hard_sigmoid":
+        return hard_sigmoid_keras2 if keras_major < 3 else hard_sigmoid_keras3
+    try:
+        return COMMON[name]
+    except KeyError:
+        known = ", ".join(sorted([*COMMON, "hard_sigmoid"]))
+        raise KerascheckError(f"unknown activation '{name}'; supported: {known}") from None

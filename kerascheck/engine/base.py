@@ -1,0 +1,88 @@
+"""The base class every engine layer derives from.
+
+A layer reads its Keras config once in `setup` (into plain tuples and
+strings), declares the weights it expects in Keras order in `weight_shapes`,
+and computes its output in `call`. `build` checks the file's weights against
+the declaration so a wrong file fails by name, before any arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import KerascheckError
+from ..loading.spec import LayerSpec
+
+
+@dataclass(frozen=True)
+class Context:
+    """What layers need to know about the model as a whole."""
+
+    keras_major: int = 3
+    dtype: np.dtype = np.dtype("float32")
+
+
+class Layer:
+    """One Keras layer class. Subclasses are named exactly as Keras names them."""
+
+    def __init__(self, spec: LayerSpec, context: Context):
+        self.name = spec.name
+        self.class_name = spec.class_name
+        self.config = spec.config
+        self.context = context
+        self.raw_weights = spec.weights
+        self.w: dict[str, np.ndarray] = {}
+        self.built = False
+        self.setup(spec.config)
+
+    # -- to override -------------------------------------------------------
+    def setup(self, config: dict) -> None:
+        """Normalize the config into attributes; called once."""
+
+    def weight_shapes(self, input_shape) -> list[tuple[str, tuple]]:
+        """(name, shape) of each weight in Keras order, given the input shape(s)."""
+        return []
+
+    def call(self, inputs):
+        raise NotImplementedError
+
+    # -- shared machinery --------------------------------------------------
+    def build(self, input_shape) -> None:
+        """Check the stored weights against the config and bind them by name."""
+        expected = self.weight_shapes(input_shape)
+        found = [tuple(w.shape) for w in self.raw_weights]
+        wanted = [tuple(shape) for _, shape in expected]
+        if found != wanted:
+            described = ", ".join(f"{n}{tuple(s)}" for n, s in expected) or "no weights"
+            raise KerascheckError(
+                f"layer '{self.name}' ({self.class_name}): config implies {described}, "
+                f"but the file holds {found or 'no weights'}"
+            )
+        self.w = {
+            name: np.asarray(array, dtype=self.context.dtype)
+            for (name, _), array in zip(expected, self.raw_weights)
+        }
+        self.built = True
+
+    def param_count(self) -> int:
+        return int(sum(np.prod(w.shape) for w in self.raw_weights))
+
+    def error(self, message: str) -> KerascheckError:
+        return KerascheckError(f"layer '{self.name}' ({self.class_name}): {message}")
+
+
+def as_tuple(value, rank: int) -> tuple:
+    """Keras accepts an int or a sequence for sizes; this gives a tuple of `rank`."""
+    if isinstance(value, (int, float)):
+        return (int(value),) * rank
+    value = tuple(int(v) for v in value)
+    if len(value) == 1 and rank > 1:
+        return value * rank
+    return value
+
+
+def data_format(config: dict) -> str:
+    """`channels_last` unless the config says otherwise (None means the default)."""
+    return config.get("data_format") or "channels_last"

@@ -1,0 +1,1 @@
+"""Engine layers, one module per Keras layer family."""

@@ -1,0 +1,3 @@
+"""Placeholder; filled in by the merging family work."""
+
+LAYERS = ()

@@ -1,0 +1,39 @@
+"""Every supported Keras class name, mapped to the engine class that computes it."""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedLayerError
+from ..loading.spec import LayerSpec
+from .base import Context, Layer
+from .layers import (
+    activations,
+    conv,
+    core,
+    merging,
+    model,
+    normalization,
+    pooling,
+    reshaping,
+)
+
+FAMILIES = (core, activations, conv, pooling, normalization, reshaping, merging, model)
+
+REGISTRY: dict[str, type[Layer]] = {
+    cls.__name__: cls for family in FAMILIES for cls in family.LAYERS
+}
+# Keras writes some classes under older or alternative names.
+ALIASES = {"Model": "Functional"}
+
+
+def supported_classes() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def create_layer(spec: LayerSpec, context: Context) -> Layer:
+    cls = REGISTRY.get(ALIASES.get(spec.class_name, spec.class_name))
+    if cls is None:
+        raise UnsupportedLayerError(
+            f"layer '{spec.name}' has class '{spec.class_name}', which kerascheck does not "
+            f"support; supported classes: {', '.join(supported_classes())}"
+        )
+    return cls(spec, context)

@@ -1,0 +1,39 @@
+"""Read saved Keras models into a ModelSpec using only zipfile, json and h5py."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import KerascheckError
+from .keras_zip import read_keras_zip
+from .legacy_h5 import read_legacy_h5
+from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef
+
+__all__ = ["read_model", "ModelSpec", "LayerSpec", "CallSpec", "InputSpec", "TensorRef"]
+
+ZIP_MAGIC = b"PK\x03\x04"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def read_model(path) -> ModelSpec:
+    """Read a `.keras` archive or a legacy `.h5` file, recognised by content."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise KerascheckError(f"{path}: no such file; expected a .keras or .h5 model file")
+    if os.path.isdir(path):
+        raise KerascheckError(
+            f"{path}: is a directory; expected a .keras or .h5 model file "
+            "(TensorFlow SavedModel directories are not supported)"
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        raise KerascheckError(f"{path}: the file is empty; expected a .keras or .h5 model file")
+    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+        return read_keras_zip(path)
+    if head == HDF5_MAGIC:
+        return read_legacy_h5(path)
+    raise KerascheckError(
+        f"{path}: expected a .keras zip archive or an HDF5 .h5 file, found neither "
+        f"(first bytes {head!r})"
+    )
