@@ -1,0 +1,69 @@
+"""Padding arithmetic and strided window views shared by convolution and pooling.
+
+Everything here works on channels-last arrays `(batch, *spatial, channels)`;
+layers move a channels-first input's channel axis before and after.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def effective_size(kernel: int, dilation: int) -> int:
+    return (kernel - 1) * dilation + 1
+
+
+def output_length(size: int, kernel: int, stride: int, dilation: int, padding: str) -> int:
+    """Keras' output length along one spatial axis."""
+    k = effective_size(kernel, dilation)
+    if padding == "valid":
+        return max((size - k) // stride + 1, 0)
+    return math.ceil(size / stride)  # same, causal
+
+
+def padding_amounts(size: int, kernel: int, stride: int, dilation: int, padding: str):
+    """(before, after) zero padding along one axis.
+
+    `same` pads `max((ceil(n/s) - 1) * s + k_eff - n, 0)` in total with the odd
+    pixel after (bottom/right), as TensorFlow does; `causal` pads only before.
+    """
+    k = effective_size(kernel, dilation)
+    if padding == "valid":
+        return 0, 0
+    if padding == "causal":
+        return k - 1, 0
+    total = max((math.ceil(size / stride) - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_spatial(x: np.ndarray, pads, value=0.0) -> np.ndarray:
+    """Pad the spatial axes of a channels-last array; `pads` is one (before, after) per axis."""
+    if not any(b or a for b, a in pads):
+        return x
+    width = [(0, 0), *pads, (0, 0)]
+    return np.pad(x, width, mode="constant", constant_values=np.asarray(value, x.dtype))
+
+
+def windows(x: np.ndarray, kernel, strides, dilation) -> np.ndarray:
+    """A strided view `(batch, *out_spatial, channels, *kernel)` of an already-padded input.
+
+    No data is copied here; the caller's `tensordot`/`max` does the one pass.
+    """
+    rank = len(kernel)
+    spatial_axes = tuple(range(1, rank + 1))
+    extent = tuple(effective_size(k, d) for k, d in zip(kernel, dilation))
+    view = sliding_window_view(x, extent, axis=spatial_axes)
+    taps = (slice(None),) * (rank + 2) + tuple(slice(None, None, d) for d in dilation)
+    steps = (slice(None),) + tuple(slice(None, None, s) for s in strides)
+    return view[taps][steps]
+
+
+def to_channels_last(x: np.ndarray, data_format: str) -> np.ndarray:
+    return np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
+
+
+def from_channels_last(x: np.ndarray, data_format: str) -> np.ndarray:
+    return np.moveaxis(x, -1, 1) if data_format == "channels_first" else x
