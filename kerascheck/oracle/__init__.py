@@ -1,0 +1,165 @@
+"""Run a saved model in real Keras and capture every layer call's output.
+
+This is the only package that imports TensorFlow, and it does so lazily.
+Files saved by Keras 2 run in `tf_keras`, files saved by Keras 3 in Keras 3
+(Keras 3 cannot load many Keras 2 files, and the two differ in semantics such
+as hard_sigmoid), unless the user overrides the choice.
+
+Layers are called one by one, eagerly, in the ModelSpec's call order, with the
+outputs of earlier calls: one forward pass that yields every intermediate
+value. The model is also called whole, and the two are compared, so a
+misread graph shows up as a finding instead of a silent agreement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import KerascheckError
+from ..loading.spec import ModelSpec
+
+FLAVORS = ("keras", "tf_keras")
+
+
+@dataclass
+class OracleResult:
+    flavor: str
+    version: str
+    outputs: list[np.ndarray]
+    per_call: dict = field(default_factory=dict)
+    graph_check: float = 0.0  # max |whole-model output - layer-by-layer output|
+    seconds: float = 0.0
+
+
+def choose_flavor(spec: ModelSpec, override: str | None = None) -> str:
+    if override:
+        if override not in FLAVORS:
+            raise KerascheckError(f"--oracle must be one of {FLAVORS}, found '{override}'")
+        return override
+    return "tf_keras" if spec.keras_major < 3 else "keras"
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TensorFlow's C++ start-up chatter bypasses Python logging: mute fd 2 meanwhile."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import(flavor: str):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        with _quiet_native_stderr():
+            import tensorflow  # noqa: F401  (its start-up messages go to the muted fd)
+
+            if flavor == "tf_keras":
+                import tf_keras as module
+            else:
+                import keras as module
+    except ImportError as exc:
+        raise KerascheckError(
+            f"the Keras oracle needs '{flavor}' installed (pip install tensorflow-cpu tf-keras): {exc}"
+        )
+    return module
+
+
+def load_keras_model(path: str, flavor: str):
+    """Load with the chosen Keras, safe mode on; a failure is reported, not raised raw."""
+    module = _import(flavor)
+    try:
+        return module.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for files it cannot read
+        message = " ".join(str(exc).split())[:400]
+        raise KerascheckError(
+            f"{flavor} {module.__version__} cannot load {path}: {type(exc).__name__}: {message}"
+        )
+
+
+def run_keras(path: str, spec: ModelSpec, inputs: list[np.ndarray], flavor: str,
+              keep: bool = True, batch_size: int | None = None) -> OracleResult:
+    """Every call's output from Keras itself (and the model outputs)."""
+    module = _import(flavor)
+    model = load_keras_model(path, flavor)
+    start = time.perf_counter()
+    total = inputs[0].shape[0]
+    step = batch_size or total or 1
+    pieces = [
+        _run_batch(model, spec, [a[i : i + step] for a in inputs], keep)
+        for i in range(0, max(total, 1), step)
+    ]
+    seconds = time.perf_counter() - start
+    outputs = [np.concatenate(parts) for parts in zip(*(p[0] for p in pieces))]
+    per_call = {}
+    if keep:
+        for name in pieces[0][1]:
+            per_call[name] = _concat([p[1][name] for p in pieces])
+    return OracleResult(
+        flavor=flavor,
+        version=module.__version__,
+        outputs=outputs,
+        per_call=per_call,
+        graph_check=max(p[2] for p in pieces),
+        seconds=seconds,
+    )
+
+
+def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
+    import tensorflow as tf
+
+    values = {(i.name, 0): tf.constant(a) for i, a in zip(spec.inputs, arrays)}
+
+    def tensor(ref):
+        value = values[(ref.layer, ref.call)]
+        return value[ref.tensor] if isinstance(value, (list, tuple)) else value
+
+    per_call = {}
+    for call in spec.calls:
+        args = [tensor(ref) for ref in call.inputs]
+        layer = model.get_layer(call.layer)
+        try:
+            output = layer(args if call.as_list else args[0])
+        except Exception as exc:
+            message = " ".join(str(exc).split())[:300]
+            raise KerascheckError(
+                f"Keras failed to run layer '{call.layer}' ({type(layer).__name__}): {message}"
+            )
+        values[(call.layer, call.index)] = output
+        if keep:
+            per_call[call.name] = _numpy(output)
+    stepwise = [_numpy(tensor(ref)) for ref in spec.outputs]
+    whole = model(arrays if len(arrays) > 1 else arrays[0])
+    whole = [_numpy(w) for w in (whole if isinstance(whole, (list, tuple)) else [whole])]
+    check = max(
+        (float(np.max(np.abs(a - b))) if a.shape == b.shape and a.size else (0.0 if a.shape == b.shape else np.inf))
+        for a, b in zip(whole, stepwise)
+    )
+    return whole, per_call, check
+
+
+def _numpy(value):
+    if isinstance(value, (list, tuple)):
+        return [np.asarray(v) for v in value]
+    return np.asarray(value)
+
+
+def _concat(values):
+    if isinstance(values[0], list):
+        return [np.concatenate(parts) for parts in zip(*values)]
+    return np.concatenate(values)

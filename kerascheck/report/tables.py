@@ -1,0 +1,143 @@
+"""Rich renderables for the terminal: diff table, model summary, predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..diff import GRAPH_CHECK_LIMIT, DiffResult
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2e}" if value else "0"
+
+
+def _shape(shape) -> str:
+    if shape and isinstance(shape[0], (list, tuple)):
+        return ", ".join(_shape(s) for s in shape)
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+STATUS_STYLE = {"match": "green", "mismatch": "red", "skipped": "yellow"}
+
+
+def diff_table(result: DiffResult) -> Group:
+    comparison = result.comparison
+    tol = comparison.tolerance
+    title = (
+        f"{result.model_path}: engine vs {result.oracle} {result.oracle_version} "
+        f"(saved by Keras {result.keras_version}), batch {result.batch}"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("layer")
+    table.add_column("class")
+    table.add_column("output shape")
+    table.add_column("max abs diff", justify="right")
+    table.add_column("max rel diff", justify="right")
+    table.add_column("status")
+    first = comparison.first_divergence
+    for index, row in enumerate(comparison.layers):
+        style = "bold red reverse" if row.name == first else None
+        status = Text(row.status, style=STATUS_STYLE[row.status])
+        table.add_row(
+            str(index), row.name, row.class_name, _shape(row.output_shape),
+            _num(row.max_abs_diff), _num(row.max_rel_diff), status, style=style,
+        )
+    lines = [table]
+    verdict = Text()
+    if comparison.status == "match":
+        verdict.append("MATCH", style="bold green")
+        verdict.append(f": every compared output within atol={tol.atol:g} + rtol={tol.rtol:g} x max|keras|")
+    else:
+        count = sum(r.status == "mismatch" for r in comparison.layers)
+        verdict.append("MISMATCH", style="bold red")
+        verdict.append(f": {count} of {len(comparison.layers)} outputs out of tolerance; ")
+        verdict.append(f"first divergence at '{first}'", style="bold")
+        row = next(r for r in comparison.layers if r.name == first)
+        if row.reason:
+            verdict.append(f" ({row.reason})")
+        elif row.worst_index is not None:
+            verdict.append(
+                f" (worst element {tuple(row.worst_index)}: engine {row.engine_value:.6g}, "
+                f"keras {row.keras_value:.6g})"
+            )
+    lines.append(verdict)
+    if result.graph_check > GRAPH_CHECK_LIMIT:
+        lines.append(Text(
+            f"warning: Keras' whole-model output differs from its layer-by-layer replay by "
+            f"{result.graph_check:.2e}; kerascheck may have read the graph differently",
+            style="yellow",
+        ))
+    lines.append(Text(
+        f"engine {result.engine_seconds:.3f}s, keras {result.keras_seconds:.3f}s", style="dim"
+    ))
+    return Group(*lines)
+
+
+def summary_table(model) -> Group:
+    spec = model.spec
+    table = Table(
+        title=f"{spec.name} ({spec.class_name}, saved by Keras {spec.keras_version})",
+        title_justify="left",
+    )
+    table.add_column("layer")
+    table.add_column("class")
+    table.add_column("output shape")
+    table.add_column("params", justify="right")
+    table.add_column("data format")
+    functional = spec.class_name != "Sequential"
+    if functional:
+        table.add_column("inputs from")
+    for inp in spec.inputs:
+        row = [inp.name, "InputLayer", _shape((None, *inp.shape)), "0", "-"]
+        table.add_row(*(row + ["-"] if functional else row))
+    counted = set()
+    for call in spec.calls:
+        layer = model.graph.layers[call.layer]
+        params = 0 if call.layer in counted else layer.param_count()
+        counted.add(call.layer)
+        row = [
+            call.name, layer.class_name, _shape(model.output_shapes[call.name]),
+            f"{params:,}", layer.config.get("data_format") or "-",
+        ]
+        if functional:
+            row.append(", ".join(_ref_name(r) for r in call.inputs))
+        table.add_row(*row)
+    total = model.param_count()
+    outputs = ", ".join(_ref_name(r) for r in spec.outputs)
+    footer = Text(f"Total params: {total:,}    Outputs: {outputs}")
+    return Group(table, footer)
+
+
+def _ref_name(ref) -> str:
+    name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
+    return name if ref.tensor == 0 else f"{name}[{ref.tensor}]"
+
+
+def predictions_view(outputs: list[np.ndarray], names: list[str], engine: str, top: int = 5) -> Group:
+    """Shape, dtype and values (or a head) of each output; top classes for a classifier."""
+    parts = []
+    for name, y in zip(names, outputs):
+        y = np.asarray(y)
+        parts.append(Text(f"{name}: shape {y.shape}, dtype {y.dtype} ({engine})", style="bold"))
+        if _looks_like_probabilities(y):
+            table = Table("sample", "top classes (index: probability)")
+            for i, row in enumerate(y[:10]):
+                best = np.argsort(row)[::-1][:top]
+                table.add_row(str(i), "  ".join(f"{c}: {row[c]:.4f}" for c in best))
+            parts.append(table)
+        else:
+            with np.printoptions(precision=6, suppress=False, threshold=60, edgeitems=3):
+                parts.append(Text(str(y)))
+    return Group(*parts)
+
+
+def _looks_like_probabilities(y: np.ndarray) -> bool:
+    if y.ndim != 2 or y.shape[1] < 2 or not np.all(np.isfinite(y)):
+        return False
+    return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
