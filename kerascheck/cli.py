@@ -67,17 +67,32 @@ def _inputs(model, input_path, seed, batch):
 
 
 def input_options(command):
-    command = click.option("--seed", default=0, show_default=True,
-                           help="Seed for random inputs when INPUT is not given.")(command)
-    command = click.option("--batch", default=2, show_default=True, type=click.IntRange(1),
-                           help="Batch size of random inputs when INPUT is not given.")(command)
-    command = click.option("--batch-size", type=click.IntRange(1), default=None,
-                           help="Run in batches of this many samples (bounded memory).")(command)
+    command = click.option(
+        "--seed",
+        default=0,
+        show_default=True,
+        help="Seed for random inputs when INPUT is not given.",
+    )(command)
+    command = click.option(
+        "--batch",
+        default=2,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Batch size of random inputs when INPUT is not given.",
+    )(command)
+    command = click.option(
+        "--batch-size",
+        type=click.IntRange(1),
+        default=None,
+        help="Run in batches of this many samples (bounded memory).",
+    )(command)
     return command
 
 
 ORACLE_OPTION = click.option(
-    "--oracle", type=click.Choice(["keras", "tf_keras"]), default=None,
+    "--oracle",
+    type=click.Choice(["keras", "tf_keras"]),
+    default=None,
     help="Keras to compare with; default: tf_keras for files saved by Keras 2, keras otherwise.",
 )
 
@@ -91,10 +106,20 @@ def main():
 @main.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("input_path", metavar="[INPUT]", required=False)
-@click.option("--engine", type=click.Choice(["numpy", "keras"]), default="numpy", show_default=True,
-              help="Compute with kerascheck's NumPy engine or with Keras itself.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Write predictions to OUT.npy (one output) or OUT.npz (one array per output).")
+@click.option(
+    "--engine",
+    type=click.Choice(["numpy", "keras"]),
+    default="numpy",
+    show_default=True,
+    help="Compute with kerascheck's NumPy engine or with Keras itself.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write predictions to OUT.npy (one output) or OUT.npz (one array per output).",
+)
 @ORACLE_OPTION
 @input_options
 @friendly_errors
@@ -112,7 +137,9 @@ def predict(model_path, input_path, engine, output, oracle, seed, batch, batch_s
         from .oracle import choose_flavor, run_keras
 
         flavor = choose_flavor(model.spec, oracle)
-        result = run_keras(model_path, model.spec, inputs, flavor, keep=False, batch_size=batch_size)
+        result = run_keras(
+            model_path, model.spec, inputs, flavor, keep=False, batch_size=batch_size
+        )
         outputs, label = result.outputs, f"{flavor} {result.version}"
     names = [r.layer for r in model.spec.outputs]
     if output:
@@ -144,16 +171,33 @@ def _unique(names: list[str], index: int) -> str:
 @click.argument("model_path", metavar="MODEL")
 @click.argument("input_path", metavar="[INPUT]", required=False)
 @click.option("--layer-wise", is_flag=True, help="Compare every layer call, not only the outputs.")
-@click.option("--atol", type=click.FloatRange(0), default=DEFAULT_ATOL, show_default=True,
-              help="Absolute tolerance.")
-@click.option("--rtol", type=click.FloatRange(0), default=DEFAULT_RTOL, show_default=True,
-              help="Tolerance relative to each layer's largest |Keras output|.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a JSON report (schema 1) to this path.")
+@click.option(
+    "--atol",
+    type=click.FloatRange(0),
+    default=DEFAULT_ATOL,
+    show_default=True,
+    help="Absolute tolerance.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(0),
+    default=DEFAULT_RTOL,
+    show_default=True,
+    help="Tolerance relative to each layer's largest |Keras output|.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a JSON report (schema 1) to this path.",
+)
 @ORACLE_OPTION
 @input_options
 @friendly_errors
-def diff(model_path, input_path, layer_wise, atol, rtol, json_path, oracle, seed, batch, batch_size):
+def diff(
+    model_path, input_path, layer_wise, atol, rtol, json_path, oracle, seed, batch, batch_size
+):
     """Run Keras and the NumPy engine on the same inputs and compare them.
 
     Exit code 0 when every compared output agrees within tolerance, 1 when one
@@ -166,8 +210,13 @@ def diff(model_path, input_path, layer_wise, atol, rtol, json_path, oracle, seed
     model = _load(model_path)
     inputs = _inputs(model, input_path, seed, batch)
     result = diff_model(
-        model_path, model, inputs, layer_wise=layer_wise,
-        tolerance=Tolerance(atol=atol, rtol=rtol), oracle=oracle, batch_size=batch_size,
+        model_path,
+        model,
+        inputs,
+        layer_wise=layer_wise,
+        tolerance=Tolerance(atol=atol, rtol=rtol),
+        oracle=oracle,
+        batch_size=batch_size,
     )
     if json_path:
         with open(json_path, "w") as handle:

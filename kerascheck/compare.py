@@ -66,10 +66,16 @@ def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> Laye
         theirs_list = list(theirs) if isinstance(theirs, (list, tuple)) else [theirs]
         if len(ours_list) != len(theirs_list):
             return LayerDiff(
-                name, class_name, [], "mismatch",
+                name,
+                class_name,
+                [],
+                "mismatch",
                 reason=f"engine gives {len(ours_list)} outputs, Keras {len(theirs_list)}",
             )
-        parts = [compare_arrays(name, class_name, a, b, tolerance) for a, b in zip(ours_list, theirs_list)]
+        parts = [
+            compare_arrays(name, class_name, a, b, tolerance)
+            for a, b in zip(ours_list, theirs_list)
+        ]
         worst = max(parts, key=lambda p: (p.status == "mismatch", p.max_abs_diff or 0.0))
         worst.output_shape = [p.output_shape for p in parts]
         return worst
@@ -77,7 +83,10 @@ def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> Laye
     shape = list(theirs.shape)
     if ours.shape != theirs.shape:
         return LayerDiff(
-            name, class_name, shape, "mismatch",
+            name,
+            class_name,
+            shape,
+            "mismatch",
             reason=f"engine output shape {list(ours.shape)} != Keras {shape}",
         )
     if theirs.size == 0:
@@ -87,8 +96,16 @@ def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> Laye
     if np.any(nan_a != nan_b) or np.any(a[nan_a] != b[nan_b]):
         index = np.unravel_index(np.argmax(nan_a != nan_b), a.shape)
         return LayerDiff(
-            name, class_name, shape, "mismatch", float("inf"), float("inf"), float("inf"),
-            [int(i) for i in index], float(a[index]), float(b[index]),
+            name,
+            class_name,
+            shape,
+            "mismatch",
+            float("inf"),
+            float("inf"),
+            float("inf"),
+            [int(i) for i in index],
+            float(a[index]),
+            float(b[index]),
             reason="non-finite values differ (NaN/Inf on one side only)",
         )
     diff = np.where(nan_a, 0.0, np.abs(a - b))
@@ -98,13 +115,22 @@ def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> Laye
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     ok = max_abs <= tolerance.atol + tolerance.rtol * scale
     return LayerDiff(
-        name, class_name, shape, "match" if ok else "mismatch",
-        max_abs, max_rel, float(np.mean(diff)), [int(i) for i in worst],
-        float(a[worst]), float(b[worst]),
+        name,
+        class_name,
+        shape,
+        "match" if ok else "mismatch",
+        max_abs,
+        max_rel,
+        float(np.mean(diff)),
+        [int(i) for i in worst],
+        float(a[worst]),
+        float(b[worst]),
     )
 
 
-def compare_runs(ours: dict, theirs: dict, rows: list[tuple[str, str]], tolerance: Tolerance) -> Comparison:
+def compare_runs(
+    ours: dict, theirs: dict, rows: list[tuple[str, str]], tolerance: Tolerance
+) -> Comparison:
     """Compare every (call name, class name) row present on both sides, in row order."""
     result = Comparison(tolerance=tolerance)
     for name, class_name in rows:

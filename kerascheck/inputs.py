@@ -10,11 +10,13 @@ from .errors import KerascheckError
 from .loading.spec import ModelSpec
 
 
+def shape_text(shape) -> str:
+    """An input shape as users read it: `(batch, 28, 28, 1)`, `?` for any size."""
+    return "(" + ", ".join(["batch", *("?" if d is None else str(d) for d in shape)]) + ")"
+
+
 def _describe(spec: ModelSpec) -> str:
-    return ", ".join(
-        f"'{i.name}' {tuple(['batch', *('?' if d is None else d for d in i.shape)])} {i.dtype}"
-        for i in spec.inputs
-    )
+    return ", ".join(f"'{i.name}' {shape_text(i.shape)} {i.dtype}" for i in spec.inputs)
 
 
 def check_inputs(spec: ModelSpec, x, dtype=np.float32) -> list[np.ndarray]:
@@ -55,7 +57,7 @@ def check_inputs(spec: ModelSpec, x, dtype=np.float32) -> list[np.ndarray]:
         if not fits:
             raise KerascheckError(
                 f"input '{inp.name}' must have shape "
-                f"{tuple(['batch', *('?' if d is None else d for d in inp.shape)])}, "
+                f"{shape_text(inp.shape)}, "
                 f"found {array.shape}"
             )
         if "int" in inp.dtype:

@@ -72,8 +72,9 @@ def small_cnn(k):
 def channels_first(k):
     layers = k.layers
     inputs = k.Input((1, 10, 10), name="image")
-    x = layers.Conv2D(32, (3, 3), activation="relu", data_format="channels_first",
-                      name="block1_conv1")(inputs)
+    x = layers.Conv2D(
+        32, (3, 3), activation="relu", data_format="channels_first", name="block1_conv1"
+    )(inputs)
     x = layers.MaxPooling2D(2, data_format="channels_first")(x)
     x = layers.Flatten(data_format="channels_first")(x)
     outputs = layers.Dense(3, activation="softmax")(x)

@@ -45,9 +45,7 @@ class EngineModel:
         if len(pieces) == 1:
             return pieces[0]
         outputs = [np.concatenate(parts) for parts in zip(*(p[0] for p in pieces))]
-        per_call = {
-            name: _concat([p[1][name] for p in pieces]) for name in pieces[0][1]
-        }
+        per_call = {name: _concat([p[1][name] for p in pieces]) for name in pieces[0][1]}
         return outputs, per_call
 
     def _probe_shapes(self) -> dict[str, tuple]:
@@ -60,7 +58,9 @@ class EngineModel:
         runs = []
         for size in PROBE_SIZES[: 2 if variable else 1]:
             probe = [
-                np.zeros((1, *(size if d is None else d for d in i.shape)), dtype=_probe_dtype(i.dtype))
+                np.zeros(
+                    (1, *(size if d is None else d for d in i.shape)), dtype=_probe_dtype(i.dtype)
+                )
                 for i in self.spec.inputs
             ]
             runs.append(self.graph.run(probe, keep=True)[1])

@@ -75,7 +75,8 @@ def _import(flavor: str):
                 import keras as module
     except ImportError as exc:
         raise KerascheckError(
-            f"the Keras oracle needs '{flavor}' installed (pip install tensorflow-cpu tf-keras): {exc}"
+            f"the Keras oracle needs '{flavor}' installed "
+            f"(pip install tensorflow-cpu tf-keras): {exc}"
         )
     return module
 
@@ -92,8 +93,14 @@ def load_keras_model(path: str, flavor: str):
         )
 
 
-def run_keras(path: str, spec: ModelSpec, inputs: list[np.ndarray], flavor: str,
-              keep: bool = True, batch_size: int | None = None) -> OracleResult:
+def run_keras(
+    path: str,
+    spec: ModelSpec,
+    inputs: list[np.ndarray],
+    flavor: str,
+    keep: bool = True,
+    batch_size: int | None = None,
+) -> OracleResult:
     """Every call's output from Keras itself (and the model outputs)."""
     module = _import(flavor)
     model = load_keras_model(path, flavor)
@@ -147,7 +154,11 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
     whole = model(arrays if len(arrays) > 1 else arrays[0])
     whole = [_numpy(w) for w in (whole if isinstance(whole, (list, tuple)) else [whole])]
     check = max(
-        (float(np.max(np.abs(a - b))) if a.shape == b.shape and a.size else (0.0 if a.shape == b.shape else np.inf))
+        (
+            float(np.max(np.abs(a - b)))
+            if a.shape == b.shape and a.size
+            else (0.0 if a.shape == b.shape else np.inf)
+        )
         for a, b in zip(whole, stepwise)
     )
     return whole, per_call, check

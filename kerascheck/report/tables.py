@@ -45,14 +45,22 @@ def diff_table(result: DiffResult) -> Group:
         style = "bold red reverse" if row.name == first else None
         status = Text(row.status, style=STATUS_STYLE[row.status])
         table.add_row(
-            str(index), row.name, row.class_name, _shape(row.output_shape),
-            _num(row.max_abs_diff), _num(row.max_rel_diff), status, style=style,
+            str(index),
+            row.name,
+            row.class_name,
+            _shape(row.output_shape),
+            _num(row.max_abs_diff),
+            _num(row.max_rel_diff),
+            status,
+            style=style,
         )
     lines = [table]
     verdict = Text()
     if comparison.status == "match":
         verdict.append("MATCH", style="bold green")
-        verdict.append(f": every compared output within atol={tol.atol:g} + rtol={tol.rtol:g} x max|keras|")
+        verdict.append(
+            f": every compared output within atol={tol.atol:g} + rtol={tol.rtol:g} x max|keras|"
+        )
     else:
         count = sum(r.status == "mismatch" for r in comparison.layers)
         verdict.append("MISMATCH", style="bold red")
@@ -68,14 +76,16 @@ def diff_table(result: DiffResult) -> Group:
             )
     lines.append(verdict)
     if result.graph_check > GRAPH_CHECK_LIMIT:
-        lines.append(Text(
-            f"warning: Keras' whole-model output differs from its layer-by-layer replay by "
-            f"{result.graph_check:.2e}; kerascheck may have read the graph differently",
-            style="yellow",
-        ))
-    lines.append(Text(
-        f"engine {result.engine_seconds:.3f}s, keras {result.keras_seconds:.3f}s", style="dim"
-    ))
+        lines.append(
+            Text(
+                f"warning: Keras' whole-model output differs from its layer-by-layer replay by "
+                f"{result.graph_check:.2e}; kerascheck may have read the graph differently",
+                style="yellow",
+            )
+        )
+    lines.append(
+        Text(f"engine {result.engine_seconds:.3f}s, keras {result.keras_seconds:.3f}s", style="dim")
+    )
     return Group(*lines)
 
 
@@ -102,8 +112,11 @@ def summary_table(model) -> Group:
         params = 0 if call.layer in counted else layer.param_count()
         counted.add(call.layer)
         row = [
-            call.name, layer.class_name, _shape(model.output_shapes[call.name]),
-            f"{params:,}", layer.config.get("data_format") or "-",
+            call.name,
+            layer.class_name,
+            _shape(model.output_shapes[call.name]),
+            f"{params:,}",
+            layer.config.get("data_format") or "-",
         ]
         if functional:
             row.append(", ".join(_ref_name(r) for r in call.inputs))
@@ -119,7 +132,9 @@ def _ref_name(ref) -> str:
     return name if ref.tensor == 0 else f"{name}[{ref.tensor}]"
 
 
-def predictions_view(outputs: list[np.ndarray], names: list[str], engine: str, top: int = 5) -> Group:
+def predictions_view(
+    outputs: list[np.ndarray], names: list[str], engine: str, top: int = 5
+) -> Group:
     """Shape, dtype and values (or a head) of each output; top classes for a classifier."""
     parts = []
     for name, y in zip(names, outputs):
