@@ -92,9 +92,11 @@ def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> Laye
     if theirs.size == 0:
         return LayerDiff(name, class_name, shape, "match", 0.0, 0.0, 0.0)
     a, b = ours.astype(np.float64), theirs.astype(np.float64)
-    nan_a, nan_b = ~np.isfinite(a), ~np.isfinite(b)
-    if np.any(nan_a != nan_b) or np.any(a[nan_a] != b[nan_b]):
-        index = np.unravel_index(np.argmax(nan_a != nan_b), a.shape)
+    finite = np.isfinite(a) & np.isfinite(b)
+    same_nan = np.isnan(a) & np.isnan(b)
+    differs = ~finite & ~same_nan & (a != b)
+    if np.any(differs):
+        index = np.unravel_index(np.argmax(differs), a.shape)
         return LayerDiff(
             name,
             class_name,
@@ -106,12 +108,13 @@ def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> Laye
             [int(i) for i in index],
             float(a[index]),
             float(b[index]),
-            reason="non-finite values differ (NaN/Inf on one side only)",
+            reason=f"non-finite values differ ({int(differs.sum())} elements with NaN/Inf "
+            "on one side only or of different sign)",
         )
-    diff = np.where(nan_a, 0.0, np.abs(a - b))
+    diff = np.where(finite, np.abs(a - b), 0.0)
     worst = np.unravel_index(np.argmax(diff), diff.shape)
     max_abs = float(diff[worst])
-    scale = float(np.max(np.abs(np.where(nan_b, 0.0, b))))
+    scale = float(np.max(np.abs(np.where(finite, b, 0.0))))
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     ok = max_abs <= tolerance.atol + tolerance.rtol * scale
     return LayerDiff(

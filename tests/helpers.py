@@ -32,7 +32,7 @@ def keras_module(flavor: str):
     return keras
 
 
-def test_input(shape, seed=0, integers=None):
+def make_input(shape, seed=0, integers=None):
     """Normal * 3 with spikes at +-8: negatives and values past every clamp point."""
     rng = np.random.default_rng(seed)
     if integers is not None:
