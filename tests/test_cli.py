@@ -281,3 +281,53 @@ def test_unsupported_layer_lists_supported_classes(tmp_path):
     path = tmp_path / "lstm.keras"
     model.save(path)
     assert_clean_error(run("summary", path), "recurrent", "LSTM", "supported classes", "Dense")
+
+
+BLOCK_TENSORFLOW = """
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            raise ImportError(f"{name} is blocked in this test")
+
+sys.meta_path.insert(0, Block())
+from kerascheck.cli import main
+sys.argv = ["kerascheck", *sys.argv[1:]]
+try:
+    main()
+finally:
+    loaded = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras")]
+    assert not loaded, loaded
+"""
+
+
+@pytest.mark.parametrize("args", [["summary"], ["predict"]])
+def test_engine_commands_run_without_tensorflow(args):
+    import subprocess
+    import sys
+
+    model = os.path.join(SAMPLES, "seed000_regressor.keras")
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_TENSORFLOW, *args, model],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "dense_2" in done.stdout
+
+
+def test_diff_without_tensorflow_is_a_clean_error():
+    import subprocess
+    import sys
+
+    model = os.path.join(SAMPLES, "seed000_regressor.keras")
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_TENSORFLOW, "diff", model],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: the Keras oracle needs 'keras' installed")
