@@ -156,12 +156,13 @@ def test_diff_outputs_only_without_layer_wise(files):
 
 
 def test_diff_divergence_exit_1_names_the_layer(files, tmp_path, monkeypatch):
-    """Break the engine's Dense on purpose: one element off by 1% of the layer's magnitude."""
+    """Break the engine's second Dense on purpose: one element off by 1% of its magnitude."""
+    broken = kerascheck.load(files["dense"]).spec.calls[1].layer
     original = core.Dense.call
 
     def off_by_one_percent(self, x):
         y = original(self, x)
-        if self.name.endswith("_1") or self.name == "dense_1":
+        if self.name == broken:
             y = y.copy()
             y[0, 0] += 0.01 * np.max(np.abs(y))
         return y
@@ -171,9 +172,9 @@ def test_diff_divergence_exit_1_names_the_layer(files, tmp_path, monkeypatch):
     result = run("diff", files["dense"], files["dense_in"], "--layer-wise", "--json", report)
     assert result.exit_code == 1, result.output
     data = json.loads(report.read_text())
-    broken = kerascheck.load(files["dense"]).spec.calls[1].name
     assert data["status"] == "mismatch"
     assert data["first_divergence"] == broken
+    assert [r["status"] for r in data["layers"]] == ["match", "mismatch"]
     assert "MISMATCH" in result.stdout and broken in result.stdout
     row = next(r for r in data["layers"] if r["name"] == broken)
     assert row["worst_index"] == [0, 0]

@@ -234,6 +234,17 @@ def sparse_plus(x):
     return np.where(x <= -one, _c(x, 0.0), np.where(x >= one, x, (x + one) ** 2 / _c(x, 4.0)))
 
 
+def sparse_sigmoid(x):
+    """Keras 3: 0 below -1, 1 above 1, linear (x + 1) / 2 between."""
+    return np.clip((x + _c(x, 1.0)) * _c(x, 0.5), _c(x, 0.0), _c(x, 1.0))
+
+
+def glu(x, axis=-1):
+    """Gated linear unit: the first half of `axis` gated by the sigmoid of the second half."""
+    a, b = np.split(x, 2, axis=axis)
+    return a * sigmoid(b)
+
+
 COMMON = {
     "linear": linear,
     "relu": relu,
@@ -262,6 +273,8 @@ COMMON = {
     "soft_shrink": soft_shrink,
     "hard_shrink": hard_shrink,
     "sparse_plus": sparse_plus,
+    "sparse_sigmoid": sparse_sigmoid,
+    "glu": glu,
 }
 
 

@@ -1,4 +1,4 @@
-"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, Softmax."""
+"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, Softmax, and Keras 3's `Gelu` op node."""
 
 from __future__ import annotations
 
@@ -68,4 +68,18 @@ class Softmax(Layer):
         return activations.softmax(x, axis=self.axis)
 
 
-LAYERS = (ReLU, LeakyReLU, PReLU, ELU, Softmax)
+class Gelu(Layer):
+    """A `keras.ops.gelu(x, approximate=...)` call in a Keras 3 functional model.
+
+    Keras cannot serialize `approximate=True` as an `activation=` value, so
+    saved models carry it only as this operation node (module `keras.src.ops.nn`).
+    """
+
+    def setup(self, config):
+        self.approximate = bool(config.get("approximate", True))
+
+    def call(self, x):
+        return activations.gelu(x, approximate=self.approximate)
+
+
+LAYERS = (ReLU, LeakyReLU, PReLU, ELU, Softmax, Gelu)

@@ -59,20 +59,27 @@ class EinsumDense(Layer):
         return self.activation(y)
 
 
+# Keras' three equation forms (after `...` -> `0`); the flag says the ellipsis is on the left.
+EINSUM_FORMS = (
+    (re.compile(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$"), False),
+    (re.compile(r"0([a-zA-Z]+),([a-zA-Z]+)->0([a-zA-Z]+)$"), True),
+    (re.compile(r"([a-zA-Z]{2,})0,([a-zA-Z]+)->([a-zA-Z]+)0$"), False),
+)
+
+
+def split_einsum(equation):
+    """(input, kernel, output) letter specs and whether `...` leads the input spec."""
+    plain = equation.replace("...", "0")
+    for pattern, left in EINSUM_FORMS:
+        match = pattern.match(plain)
+        if match:
+            return (*match.groups(), left)
+    raise ValueError(f"unsupported EinsumDense equation '{equation}'")
+
+
 def einsum_weight_shapes(equation, bias_axes, input_shape, partial_output):
     """Kernel and bias shapes implied by an EinsumDense equation (Keras' own rules)."""
-    plain = equation.replace("...", "0")
-    for pattern, left in (
-        (r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$", False),
-        (r"0([a-zA-Z]+),([a-zA-Z]+)->0([a-zA-Z]+)$", True),
-        (r"([a-zA-Z]{2,})0,([a-zA-Z]+)->([a-zA-Z]+)0$", False),
-    ):
-        match = re.match(pattern, plain)
-        if match:
-            break
-    else:
-        raise ValueError(f"unsupported EinsumDense equation '{equation}'")
-    in_spec, w_spec, out_spec = match.groups()
+    in_spec, w_spec, out_spec, left = split_einsum(equation)
     elided = len(input_shape) - len(in_spec)
     output = [input_shape[0], *partial_output]
     if elided > 0 and left:
@@ -86,9 +93,7 @@ def einsum_weight_shapes(equation, bias_axes, input_shape, partial_output):
     else:
         in_map = {d: i for i, d in enumerate(in_spec)}
         out_map = {d: i for i, d in enumerate(out_spec)}
-    kernel = tuple(
-        input_shape[in_map[d]] if d in in_map else output[out_map[d]] for d in w_spec
-    )
+    kernel = tuple(input_shape[in_map[d]] if d in in_map else output[out_map[d]] for d in w_spec)
     if bias_axes is None:
         return kernel, None
     first = min(out_spec.find(c) for c in bias_axes)
@@ -181,10 +186,19 @@ class RepeatVector(Layer):
         return np.repeat(x[:, None, :], self.n, axis=1)
 
 
+def config_array(value):
+    """A number or list from a config; Keras 3 writes NumPy arrays as `__numpy__` dicts."""
+    if isinstance(value, dict) and value.get("class_name") == "__numpy__":
+        return value["config"]["value"]
+    return value
+
+
 class Rescaling(Layer):
+    """`x * scale + offset`; a list scale or offset applies per channel (last axis)."""
+
     def setup(self, config):
-        self.scale = config.get("scale", 1.0)
-        self.offset = config.get("offset", 0.0)
+        self.scale = config_array(config.get("scale", 1.0))
+        self.offset = config_array(config.get("offset", 0.0))
 
     def call(self, x):
         scale = np.asarray(self.scale, dtype=x.dtype)
