@@ -1,13 +1,22 @@
-"""Model inputs: reading them from files, checking them, and making seeded ones."""
+"""Model inputs: reading them from files, checking them, and making seeded ones.
+
+Every error names what the model expects (each input's name, shape and dtype)
+next to what was given, because that is all a user needs to fix the call.
+"""
 
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
 from .errors import KerascheckError
-from .loading.spec import ModelSpec
+from .loading.spec import InputSpec, ModelSpec
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK"
+DEFAULT_INDEX_BOUND = 2  # integer inputs that feed no Embedding: 0 and 1 are safe indices
 
 
 def shape_text(shape) -> str:
@@ -16,108 +25,185 @@ def shape_text(shape) -> str:
 
 
 def _describe(spec: ModelSpec) -> str:
-    return ", ".join(f"'{i.name}' {shape_text(i.shape)} {i.dtype}" for i in spec.inputs)
+    return ", ".join(_describe_one(i) for i in spec.inputs)
+
+
+def _describe_one(inp: InputSpec) -> str:
+    return f"'{inp.name}' {shape_text(inp.shape)} {inp.dtype}"
 
 
 def check_inputs(spec: ModelSpec, x, dtype=np.float32) -> list[np.ndarray]:
     """Return the inputs as a list of arrays in model-input order, or say what is wrong.
 
     Accepts one array (one-input models), a list/tuple in input order, or a dict
-    keyed by input names.
+    keyed by input names. A single sample without its batch axis gets one.
     """
+    arrays = _as_list(spec, x)
+    checked = [_check_one(inp, array, dtype) for inp, array in zip(spec.inputs, arrays)]
+    batches = [a.shape[0] for a in checked]
+    if len(set(batches)) > 1:
+        found = ", ".join(f"'{i.name}' {b}" for i, b in zip(spec.inputs, batches))
+        raise KerascheckError(f"expected the same batch size for every input, found {found}")
+    return checked
+
+
+def _as_list(spec: ModelSpec, x) -> list:
     expected = spec.inputs
+    names = [i.name for i in expected]
     if isinstance(x, dict):
-        missing = [i.name for i in expected if i.name not in x]
-        if missing:
+        missing = [n for n in names if n not in x]
+        unknown = [str(k) for k in x if k not in names]
+        if missing or unknown:
             raise KerascheckError(
-                f"expected inputs named {[i.name for i in expected]}, missing {missing}; "
-                f"found {sorted(x)}"
+                f"expected inputs named {names} ({_describe(spec)}), found "
+                f"{sorted(str(k) for k in x)} (missing {missing}, unknown {unknown})"
             )
-        arrays = [x[i.name] for i in expected]
-    elif isinstance(x, (list, tuple)):
+        return [x[n] for n in names]
+    if isinstance(x, (list, tuple)) and not (len(expected) == 1 and _is_one_array(x)):
         arrays = list(x)
     else:
         arrays = [x]
     if len(arrays) != len(expected):
         raise KerascheckError(
-            f"the model expects {len(expected)} input(s) ({_describe(spec)}), found {len(arrays)}"
+            f"expected {len(expected)} input(s) ({_describe(spec)}), found {len(arrays)}"
         )
-    checked = []
-    for inp, array in zip(expected, arrays):
-        array = np.asarray(array)
-        if array.dtype.kind not in "biuf":
-            raise KerascheckError(
-                f"input '{inp.name}' must be numeric ({inp.dtype}), found dtype {array.dtype}"
-            )
-        if array.ndim == len(inp.shape):  # a single sample without its batch axis
-            array = array[None]
-        fits = array.ndim == len(inp.shape) + 1 and all(
-            d is None or d == s for d, s in zip(inp.shape, array.shape[1:])
-        )
-        if not fits:
-            raise KerascheckError(
-                f"input '{inp.name}' must have shape "
-                f"{shape_text(inp.shape)}, "
-                f"found {array.shape}"
-            )
-        if "int" in inp.dtype:
-            if array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
-                raise KerascheckError(
-                    f"input '{inp.name}' must hold integers ({inp.dtype}), found fractional values"
-                )
-            checked.append(array.astype(inp.dtype))
-        else:
-            checked.append(array.astype(dtype, copy=False))
-    batches = {a.shape[0] for a in checked}
-    if len(batches) > 1:
-        raise KerascheckError(f"all inputs must have the same batch size, found {sorted(batches)}")
-    return checked
+    return arrays
 
 
-def random_inputs(spec: ModelSpec, batch: int = 2, seed: int = 0, size: int = 32) -> list[np.ndarray]:
+def _is_one_array(x) -> bool:
+    """A list given to a one-input model is its data (nested numbers), unless it is a
+    one-element list wrapping that input's array."""
+    return len(x) != 1 or not isinstance(x[0], (np.ndarray, list, tuple))
+
+
+def _check_one(inp: InputSpec, value, dtype) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise KerascheckError(
+            f"expected a numeric array for input {_describe_one(inp)}, found data NumPy "
+            f"cannot make an array of ({exc})"
+        )
+    if array.dtype.kind not in "biuf":
+        raise KerascheckError(
+            f"expected numeric values for input {_describe_one(inp)}, found dtype {array.dtype}"
+        )
+    if array.ndim == len(inp.shape):  # a single sample without its batch axis
+        array = array[None]
+    fits = array.ndim == len(inp.shape) + 1 and all(
+        d is None or d == s for d, s in zip(inp.shape, array.shape[1:])
+    )
+    if not fits:
+        raise KerascheckError(
+            f"expected shape {shape_text(inp.shape)} for input '{inp.name}', "
+            f"found {tuple(array.shape)}"
+        )
+    if "int" in inp.dtype:
+        if array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
+            raise KerascheckError(
+                f"expected integers for input {_describe_one(inp)}, found fractional "
+                "or non-finite values"
+            )
+        return array.astype(inp.dtype)
+    if inp.dtype not in ("float16", "float32", "float64", "bfloat16", "bool"):
+        raise KerascheckError(
+            f"expected a numeric model input, found input '{inp.name}' of dtype {inp.dtype}, "
+            "which kerascheck cannot feed"
+        )
+    return array.astype(dtype, copy=False)
+
+
+def random_inputs(
+    spec: ModelSpec, batch: int = 2, seed: int = 0, size: int = 32
+) -> list[np.ndarray]:
     """Seeded inputs with negatives and values past activation clamp points.
 
     Standard normal times 2 reaches beyond relu6/hard_sigmoid knees (|x| > 3)
-    in a few percent of entries; variable dimensions get `size`.
+    in a few percent of entries; variable dimensions get `size`. Integer inputs
+    get indices valid for every Embedding they feed.
     """
     rng = np.random.default_rng(seed)
     arrays = []
     for inp in spec.inputs:
         shape = (batch, *(size if d is None else d for d in inp.shape))
         if "int" in inp.dtype:
-            arrays.append(rng.integers(0, 2, size=shape).astype(inp.dtype))
+            bound = _index_bound(spec, inp.name)
+            arrays.append(rng.integers(0, bound, size=shape).astype(inp.dtype))
+        elif inp.dtype in ("float16", "float32", "float64", "bfloat16"):
+            dtype = "float32" if inp.dtype == "bfloat16" else inp.dtype
+            arrays.append((2.0 * rng.standard_normal(shape)).astype(dtype))
         else:
-            arrays.append((2.0 * rng.standard_normal(shape)).astype(inp.dtype))
+            raise KerascheckError(
+                f"expected numeric model inputs to make random ones, found input "
+                f"'{inp.name}' of dtype {inp.dtype}; give the input in a .npy/.npz file"
+            )
     return arrays
+
+
+def _index_bound(spec: ModelSpec, input_name: str) -> int:
+    """The smallest `input_dim` of the Embedding layers reading this input directly."""
+    bounds = [
+        spec.layers[call.layer].config.get("input_dim")
+        for call in spec.calls
+        if spec.layers[call.layer].class_name == "Embedding"
+        and any(ref.layer == input_name for ref in call.inputs)
+    ]
+    bounds = [b for b in bounds if isinstance(b, int) and b > 0]
+    return min(bounds) if bounds else DEFAULT_INDEX_BOUND
 
 
 def read_inputs(path: str, spec: ModelSpec) -> list[np.ndarray]:
     """Read `.npy` (one input) or `.npz` (keyed by input name, or arr_0, arr_1...)."""
-    if not os.path.exists(path):
-        raise KerascheckError(f"{path}: no such input file; expected a .npy or .npz file")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "no such input file"
+        raise KerascheckError(f"{path}: {what}; expected a .npy or .npz input file")
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    if not (head.startswith(NPY_MAGIC) or head.startswith(ZIP_MAGIC)):
+        raise KerascheckError(
+            f"{path}: expected a .npy or .npz input file, found neither (first bytes {head!r})"
+        )
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise KerascheckError(f"{path}: expected a numeric .npy or .npz file ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise KerascheckError(f"{path}: expected a .npy or .npz file, found unreadable data ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise KerascheckError(
+            f"{path}: expected a .npy or .npz file, found unreadable data ({exc})"
+        ) from None
     if isinstance(loaded, np.ndarray):
         if len(spec.inputs) != 1:
             raise KerascheckError(
-                f"{path}: the model has {len(spec.inputs)} inputs ({_describe(spec)}); "
-                "give them in one .npz keyed by input name"
+                f"{path}: expected {len(spec.inputs)} inputs ({_describe(spec)}) in one .npz "
+                "keyed by input name, found a single .npy array"
             )
         return check_inputs(spec, loaded)
     with loaded:
-        keys = list(loaded.keys())
-        names = [i.name for i in spec.inputs]
-        if all(n in keys for n in names):
-            return check_inputs(spec, {n: loaded[n] for n in names})
-        positional = [f"arr_{k}" for k in range(len(names))]
-        if all(p in keys for p in positional):
-            return check_inputs(spec, [loaded[p] for p in positional])
+        return check_inputs(spec, _npz_arrays(path, loaded, spec))
+
+
+def _npz_arrays(path: str, loaded, spec: ModelSpec) -> list[np.ndarray]:
+    keys = list(loaded.keys())
+    names = [i.name for i in spec.inputs]
+    positional = [f"arr_{k}" for k in range(len(names))]
+    if all(n in keys for n in names):
+        chosen = names
+    elif all(p in keys for p in positional):
+        chosen = positional
+    else:
         missing = [n for n in names if n not in keys]
         raise KerascheckError(
-            f"{path}: expected arrays named {names} (or arr_0..arr_{len(names) - 1}), "
-            f"missing {missing}; found {keys}"
+            f"{path}: expected arrays named {names} (or {', '.join(positional)}) for inputs "
+            f"{_describe(spec)}, found {keys} (missing {missing})"
         )
+    arrays = []
+    for key, inp in zip(chosen, spec.inputs):
+        try:
+            arrays.append(loaded[key])
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise KerascheckError(
+                f"{path}: expected a numeric array '{key}' for input {_describe_one(inp)}, "
+                f"found unreadable data ({exc})"
+            ) from None
+    return arrays

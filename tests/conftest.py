@@ -11,9 +11,9 @@ from helpers import (  # noqa: F401  (re-exported for test modules)
     build_model,
     keras_module,
     keras_predict,
+    make_input,
     randomize_weights,
     save,
-    make_input,
 )
 
 import kerascheck
@@ -57,8 +57,3 @@ def check_layer(tmp_path):
         return result
 
     return check
-
-
-# Older name of `make_input`, kept for test modules that import it from here
-# (a module-level `test_*` name in a test file would be collected as a test).
-test_input = make_input

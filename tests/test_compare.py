@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import keras_module, randomize_weights, make_input
+from helpers import keras_module, make_input, randomize_weights
 
 import kerascheck
 from kerascheck.compare import Tolerance, compare_arrays

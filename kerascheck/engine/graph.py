@@ -17,7 +17,7 @@ class Graph:
         self.spec = spec
         self.context = context
         self.layers = {
-            name: create_layer(layer, context)
+            name: _create(layer, context)
             for name, layer in spec.layers.items()
             if layer.class_name != "InputLayer"
         }
@@ -81,3 +81,16 @@ class Graph:
 
     def param_count(self) -> int:
         return sum(layer.param_count() for layer in self.layers.values())
+
+
+def _create(spec, context: Context):
+    """A layer config no Keras writes (e.g. `units: "abc"`) is the file's fault: name it."""
+    try:
+        return create_layer(spec, context)
+    except KerascheckError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise KerascheckError(
+            f"layer '{spec.name}' ({spec.class_name}): expected a config Keras writes, "
+            f"found one it cannot be built from ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -25,15 +25,34 @@ def read_model(path) -> ModelSpec:
             f"{path}: is a directory; expected a .keras or .h5 model file "
             "(TensorFlow SavedModel directories are not supported)"
         )
-    with open(path, "rb") as handle:
-        head = handle.read(8)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise KerascheckError(f"{path}: expected a readable model file ({exc.strerror})")
     if not head:
         raise KerascheckError(f"{path}: the file is empty; expected a .keras or .h5 model file")
     if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
-        return read_keras_zip(path)
-    if head == HDF5_MAGIC:
-        return read_legacy_h5(path)
-    raise KerascheckError(
-        f"{path}: expected a .keras zip archive or an HDF5 .h5 file, found neither "
-        f"(first bytes {head!r})"
-    )
+        reader = read_keras_zip
+    elif head == HDF5_MAGIC:
+        reader = read_legacy_h5
+    else:
+        raise KerascheckError(
+            f"{path}: expected a .keras zip archive or an HDF5 .h5 file, found neither "
+            f"(first bytes {head!r})"
+        )
+    try:
+        return reader(path)
+    except KerascheckError:
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+        # A config shaped in a way no Keras version writes: say so instead of a traceback.
+        raise KerascheckError(
+            f"{path}: expected a well-formed Keras model file, found a malformed one "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    except (OSError, RuntimeError) as exc:  # h5py's errors on damaged files
+        raise KerascheckError(
+            f"{path}: expected a readable model file, found a damaged one "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc

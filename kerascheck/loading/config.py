@@ -20,148 +20,241 @@ from .safety import MODEL_CLASSES, check_layer_entry
 from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef
 
 
-def parse_model_config(model_config: dict, keras_version: str, source: str = "") -> ModelSpec:
+def parse_model_config(model_config, keras_version: str, source: str = "") -> ModelSpec:
     """Parse a `{"class_name": ..., "config": ...}` model entry into a ModelSpec."""
-    if not isinstance(model_config, dict) or "class_name" not in model_config:
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("class_name"), str):
         raise KerascheckError(
             f"{source}: expected a Keras model config with a 'class_name', "
-            f"found {type(model_config).__name__}"
+            f"found {_describe(model_config)}"
         )
+    check_layer_entry(model_config, source)
     class_name = model_config["class_name"]
     config = model_config.get("config") or {}
-    keras2 = str(keras_version).startswith("2") or str(keras_version).startswith("1")
+    keras2 = str(keras_version).split(".")[0] in ("1", "2")
     if class_name == "Sequential":
         return _parse_sequential(config, keras_version, source)
     if class_name in ("Functional", "Model"):
-        return _parse_functional(config, class_name, keras_version, keras2, source)
+        if not isinstance(config, dict):
+            raise KerascheckError(
+                f"{source}: expected a dict config for a Functional model, "
+                f"found {_describe(config)}"
+            )
+        return _parse_functional(config, keras_version, keras2, source)
     raise KerascheckError(
         f"{source}: expected a Sequential or Functional model, found a '{class_name}' "
         "(subclassed models cannot be rebuilt without their Python code)"
     )
 
 
+def _describe(value) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__}"
+
+
 def normalize_layer_config(entry: dict) -> dict:
-    """Config values in one dialect: dtype policy dicts become their name."""
-    config = dict(entry.get("config") or {})
+    """Config values in one dialect: dtype policy dicts become their name, InputLayer shapes
+    become `batch_shape`, and a bare-list Sequential config becomes `{"layers": [...]}`."""
+    raw = entry.get("config")
+    if isinstance(raw, list) and entry.get("class_name") == "Sequential":
+        raw = {"layers": raw}
+    if raw is not None and not isinstance(raw, dict):
+        raise KerascheckError(
+            f"expected a dict config for {entry.get('class_name')} layer "
+            f"'{entry.get('name', '?')}', found {_describe(raw)}"
+        )
+    config = dict(raw or {})
     dtype = config.get("dtype")
     if isinstance(dtype, dict):
-        config["dtype"] = (dtype.get("config") or {}).get("name", "float32")
+        inner = dtype.get("config")
+        config["dtype"] = inner.get("name", "float32") if isinstance(inner, dict) else "float32"
     if entry.get("class_name") == "InputLayer":
         shape = config.get("batch_shape") or config.get("batch_input_shape")
-        if shape is None and config.get("shape") is not None:
+        if shape is None and isinstance(config.get("shape"), (list, tuple)):
             shape = [None, *config["shape"]]
-        config["batch_shape"] = tuple(shape) if shape is not None else None
+        config["batch_shape"] = tuple(shape) if isinstance(shape, (list, tuple)) else None
         config.pop("batch_input_shape", None)
     return config
 
 
-def _make_layer(entry: dict, keras_version: str, source: str) -> LayerSpec:
-    check_layer_entry(entry)
+def _make_layer(entry, keras_version: str, source: str) -> LayerSpec:
+    if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+        raise KerascheckError(
+            f"{source}: expected each layer entry to be a dict with a 'class_name', "
+            f"found {_describe(entry)}"
+        )
+    check_layer_entry(entry, source)
     config = normalize_layer_config(entry)
     name = config.get("name") or entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise KerascheckError(
+            f"{source}: expected a name for every layer, found a {entry['class_name']} "
+            f"named {name!r}"
+        )
     layer = LayerSpec(name=name, class_name=entry["class_name"], config=config)
     if entry["class_name"] in MODEL_CLASSES:
-        layer.model = parse_model_config(entry, keras_version, source)
+        layer.model = parse_model_config({**entry, "config": config}, keras_version, source)
         layer.model.name = name
     return layer
 
 
-def _input_spec(layer: LayerSpec) -> InputSpec:
+def _input_spec(layer: LayerSpec, source: str) -> InputSpec:
     shape = layer.config.get("batch_shape")
-    if shape is None:
-        raise KerascheckError(f"input layer '{layer.name}' has no shape in its config")
-    return InputSpec(layer.name, tuple(shape[1:]), str(layer.config.get("dtype") or "float32"))
+    if not isinstance(shape, (list, tuple)) or not shape:
+        raise KerascheckError(
+            f"{source}: expected a batch shape on input layer '{layer.name}', found {shape!r}"
+        )
+    dims = tuple(shape[1:])
+    if not all(d is None or (isinstance(d, int) and d >= 0) for d in dims):
+        raise KerascheckError(
+            f"{source}: expected sizes or None in the shape of input layer '{layer.name}', "
+            f"found {list(shape)}"
+        )
+    return InputSpec(layer.name, dims, str(layer.config.get("dtype") or "float32"))
 
 
-def _parse_sequential(config: dict, keras_version: str, source: str) -> ModelSpec:
-    entries = config.get("layers") if isinstance(config, dict) else config
-    if not entries:
-        raise KerascheckError(f"{source}: the Sequential model has no layers")
+def _parse_sequential(config, keras_version: str, source: str) -> ModelSpec:
+    """A chain of layers. Before Keras 2.2.3 the config is a bare list of layers, and old
+    Keras 2 files have no InputLayer entry: the first layer carries `batch_input_shape`."""
+    if isinstance(config, list):
+        config = {"layers": config}
+    if not isinstance(config, dict):
+        raise KerascheckError(
+            f"{source}: expected a Sequential config (a dict or a list of layers), "
+            f"found {type(config).__name__}"
+        )
+    entries = config.get("layers")
+    if not isinstance(entries, list) or not entries:
+        raise KerascheckError(f"{source}: expected layers in the Sequential model, found none")
     layers = [_make_layer(e, keras_version, source) for e in entries]
     if layers[0].class_name != "InputLayer":
-        first = entries[0].get("config", {})
-        shape = first.get("batch_input_shape") or first.get("batch_shape")
-        if shape is None:
-            shape = (config.get("build_input_shape") if isinstance(config, dict) else None)
-        if shape is None:
-            raise KerascheckError(
-                f"{source}: the Sequential model has no input shape (it was never built)"
-            )
-        dtype = first.get("dtype") if isinstance(first.get("dtype"), str) else "float32"
-        layers.insert(
-            0,
-            LayerSpec(
-                name=f"{config.get('name', 'sequential')}_input",
-                class_name="InputLayer",
-                config={"batch_shape": tuple(shape), "dtype": dtype},
-            ),
-        )
+        layers.insert(0, _implicit_input(entries[0], layers[0], config, source))
+    _check_unique_names(layers, source)
     calls = []
     previous = TensorRef(layers[0].name)
     for layer in layers[1:]:
+        if layer.class_name == "InputLayer":
+            raise KerascheckError(
+                f"{source}: expected an InputLayer only first in a Sequential model, "
+                f"found '{layer.name}' later"
+            )
         calls.append(CallSpec(layer.name, 0, [previous]))
         previous = TensorRef(layer.name)
     return ModelSpec(
-        name=config.get("name", "sequential"),
+        name=config.get("name") or "sequential",
         class_name="Sequential",
         layers={layer.name: layer for layer in layers},
         calls=calls,
-        inputs=[_input_spec(layers[0])],
+        inputs=[_input_spec(layers[0], source)],
         outputs=[previous],
         keras_version=keras_version,
         source=source,
     )
 
 
-def _parse_functional(
-    config: dict, class_name: str, keras_version: str, keras2: bool, source: str
-) -> ModelSpec:
+def _implicit_input(entry: dict, first: LayerSpec, config: dict, source: str) -> LayerSpec:
+    """The InputLayer Keras creates for a Sequential built from a shape, named as Keras 2
+    names it (`<first layer>_input`)."""
+    first_config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+    shape = first_config.get("batch_input_shape") or first_config.get("batch_shape")
+    if shape is None and first_config.get("input_shape") is not None:
+        shape = [None, *first_config["input_shape"]]
+    if shape is None:
+        shape = config.get("build_input_shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) < 1:
+        raise KerascheckError(
+            f"{source}: expected an input shape for the Sequential model (an InputLayer, "
+            f"'batch_input_shape' on its first layer or 'build_input_shape'), found none "
+            "(the model was saved before it was built)"
+        )
+    dtype = first.config.get("dtype")
+    return LayerSpec(
+        name=f"{first.name}_input",
+        class_name="InputLayer",
+        config={"batch_shape": tuple(shape), "dtype": dtype if isinstance(dtype, str) else None},
+    )
+
+
+def _check_unique_names(layers: list[LayerSpec], source: str) -> None:
+    seen = set()
+    for layer in layers:
+        if not isinstance(layer.name, str) or not layer.name:
+            raise KerascheckError(
+                f"{source}: expected every layer to have a name, found a "
+                f"{layer.class_name} without one"
+            )
+        if layer.name in seen:
+            raise KerascheckError(
+                f"{source}: expected unique layer names, found two '{layer.name}'"
+            )
+        seen.add(layer.name)
+
+
+def _parse_functional(config: dict, keras_version: str, keras2: bool, source: str) -> ModelSpec:
     entries = config.get("layers") or []
-    layers = {}
-    for entry in entries:
-        layer = _make_layer(entry, keras_version, source)
-        if layer.name in layers:
-            raise KerascheckError(f"{source}: two layers are named '{layer.name}'")
-        layers[layer.name] = layer
+    if not isinstance(entries, list):
+        raise KerascheckError(
+            f"{source}: expected a list of layers in the Functional model, "
+            f"found {_describe(entries)}"
+        )
+    made = [_make_layer(entry, keras_version, source) for entry in entries]
+    _check_unique_names(made, source)
+    layers = {layer.name: layer for layer in made}
 
-    def is_nested_model(name: str) -> bool:
-        return name in layers and layers[name].class_name in MODEL_CLASSES
-
-    def ref(layer: str, node: int, tensor: int, endpoint: bool) -> TensorRef:
+    def ref(history, endpoint: bool, caller: str = "") -> TensorRef:
+        """A `[layer, node, tensor]` reference; nested models' node indices are shifted
+        by the model's own built-in node in Keras 2 (everywhere) and in Keras 3 (only
+        in `input_layers`/`output_layers`, only for Functional) — see Keras 3
+        models/functional.py `get_config` and tf_keras engine/functional.py."""
+        if (
+            not isinstance(history, (list, tuple))
+            or len(history) < 3
+            or not isinstance(history[0], str)
+            or not all(isinstance(i, int) for i in history[1:3])
+        ):
+            raise KerascheckError(
+                f"{source}: expected a [layer, node, tensor] reference{caller}, found {history!r}"
+            )
+        layer, node, tensor = history[0], history[1], history[2]
         if layer not in layers:
             raise KerascheckError(
-                f"{source}: the model config refers to a layer '{layer}' it does not define"
+                f"{source}: expected a layer of the model{caller}, found a reference to "
+                f"'{layer}', which the model does not define"
             )
-        shifted = is_nested_model(layer) and (
-            keras2 or (endpoint and layers[layer].class_name != "Sequential")
-        )
+        nested = layers[layer].class_name in MODEL_CLASSES
+        shifted = nested and (keras2 or (endpoint and layers[layer].class_name != "Sequential"))
         return TensorRef(layer, node - 1 if shifted else node, tensor)
 
     calls = []
-    for entry in entries:
-        name = entry.get("config", {}).get("name") or entry.get("name")
-        for index, node in enumerate(entry.get("inbound_nodes") or []):
-            inputs, as_list, kwargs = _parse_node(node, ref, name, source)
-            calls.append(CallSpec(name, index, inputs, as_list, kwargs))
+    for layer, entry in zip(made, entries):
+        nodes = entry.get("inbound_nodes") or []
+        if not isinstance(nodes, list):
+            raise KerascheckError(
+                f"{source}: expected a list of inbound nodes for layer '{layer.name}', "
+                f"found {_describe(nodes)}"
+            )
+        for index, node in enumerate(nodes):
+            inputs, as_list, kwargs = _parse_node(node, ref, layer, source)
+            calls.append(CallSpec(layer.name, index, inputs, as_list, kwargs))
 
-    def endpoints(key: str) -> list[TensorRef]:
-        value = config.get(key) or []
-        if value and isinstance(value[0], str):  # a single [layer, node, tensor]
-            value = [value]
-        return [ref(v[0], v[1], v[2], endpoint=True) for v in value]
-
-    inputs = endpoints("input_layers")
-    outputs = endpoints("output_layers")
+    inputs = [ref(v, endpoint=True) for v in _endpoint_list(config.get("input_layers"))]
+    outputs = [ref(v, endpoint=True) for v in _endpoint_list(config.get("output_layers"))]
+    if not inputs or not outputs:
+        raise KerascheckError(
+            f"{source}: expected model inputs and outputs in the Functional config, "
+            f"found {len(inputs)} input(s) and {len(outputs)} output(s)"
+        )
     input_specs = []
     for r in inputs:
         if layers[r.layer].class_name != "InputLayer":
-            raise KerascheckError(f"{source}: model input '{r.layer}' is not an InputLayer")
-        input_specs.append(_input_spec(layers[r.layer]))
+            raise KerascheckError(
+                f"{source}: expected model input '{r.layer}' to be an InputLayer, "
+                f"found a {layers[r.layer].class_name}"
+            )
+        input_specs.append(_input_spec(layers[r.layer], source))
     return ModelSpec(
-        name=config.get("name", "model"),
+        name=config.get("name") or "model",
         class_name="Functional",
         layers=layers,
-        calls=_topological(calls, {r.layer for r in inputs}, source),
+        calls=_topological(calls, {r.layer for r in inputs}, outputs, source),
         inputs=input_specs,
         outputs=outputs,
         keras_version=keras_version,
@@ -169,61 +262,114 @@ def _parse_functional(
     )
 
 
-def _parse_node(node, ref, layer_name: str, source: str):
+def _endpoint_list(value) -> list:
+    """`input_layers`/`output_layers` leaves in Keras' flattening order: one
+    `[layer, node, tensor]`, a list of them, or (Keras 3) a dict, by sorted key."""
+    if value is None:
+        return []
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
+        return [value]
+    if isinstance(value, dict):
+        return [leaf for key in sorted(value) for leaf in _endpoint_list(value[key])]
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _endpoint_list(item)]
+    return [value]  # reported as a bad reference by `ref`
+
+
+def _parse_node(node, ref, layer: LayerSpec, source: str):
     """Return (input refs, passed-as-list, constant kwargs) for one inbound node."""
+    caller = f" in the inputs of layer '{layer.name}' ({layer.class_name})"
+    unsupported = (
+        f"{source}: layer '{layer.name}' ({layer.class_name}) is called with a tensor for "
+        "'{}'; expected tensors only as its one positional input (kerascheck does not "
+        "support other tensor arguments)"
+    )
     if isinstance(node, dict):  # Keras 3
         args = node.get("args") or []
-        kwargs = {}
-        for key, value in (node.get("kwargs") or {}).items():
-            if _tensor_refs(value, ref):
-                raise KerascheckError(
-                    f"layer '{layer_name}' is called with a tensor for '{key}', "
-                    "which kerascheck does not support yet"
-                )
-            kwargs[key] = value
-        if len(args) != 1:
-            if any(_tensor_refs(a, ref) for a in args[1:]):
-                raise KerascheckError(
-                    f"layer '{layer_name}' is called with {len(args)} positional tensors; "
-                    "expected one tensor or one list of tensors"
-                )
+        kwargs = node.get("kwargs") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise KerascheckError(f"{source}: layer '{layer.name}' has an unreadable inbound node")
+        for key, value in kwargs.items():
+            if _tensor_refs(value, ref, caller):
+                raise KerascheckError(unsupported.format(key))
+        for position, extra in enumerate(args[1:], start=1):
+            if _tensor_refs(extra, ref, caller):
+                raise KerascheckError(unsupported.format(f"positional argument {position}"))
         first = args[0] if args else []
-        as_list = isinstance(first, list)
-        return _tensor_refs(first, ref), as_list, kwargs
-    if isinstance(node, list):  # Keras 2
+        return _tensor_refs(first, ref, caller), isinstance(first, list), dict(kwargs)
+    if isinstance(node, list):  # Keras 2: [[layer, node, tensor, kwargs], ...]
         inputs, kwargs = [], {}
         for item in node:
-            inputs.append(ref(item[0], item[1], item[2], endpoint=False))
-            if len(item) > 3 and isinstance(item[3], dict):
-                kwargs.update(item[3])
+            if isinstance(item, list) and item and item[0] == "_CONSTANT_VALUE":
+                raise KerascheckError(unsupported.format("a constant"))
+            inputs.append(ref(item, endpoint=False, caller=caller))
+            extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+            for key, value in extra.items():
+                if _legacy_refs(value):
+                    raise KerascheckError(unsupported.format(key))
+            kwargs.update(extra)
         return inputs, len(inputs) > 1, kwargs
-    raise KerascheckError(f"{source}: layer '{layer_name}' has an unreadable inbound node")
+    raise KerascheckError(f"{source}: layer '{layer.name}' has an unreadable inbound node")
 
 
-def _tensor_refs(value, ref) -> list[TensorRef]:
+def _tensor_refs(value, ref, caller: str) -> list[TensorRef]:
     if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
-        history = value["config"]["keras_history"]
-        return [ref(history[0], history[1], history[2], endpoint=False)]
-    if isinstance(value, list):
-        return [r for item in value for r in _tensor_refs(item, ref)]
+        history = (value.get("config") or {}).get("keras_history")
+        return [ref(history, endpoint=False, caller=caller)]
+    if isinstance(value, (list, tuple)):
+        return [r for item in value for r in _tensor_refs(item, ref, caller)]
     return []
 
 
-def _topological(calls: list[CallSpec], input_layers: set[str], source: str) -> list[CallSpec]:
-    """Order calls so each comes after its producers, keeping config order otherwise."""
+def _legacy_refs(value) -> bool:
+    """Keras 2 writes tensors in call kwargs as `[layer, node, tensor]` (TFOpLambda)."""
+    if isinstance(value, list) and len(value) in (3, 4) and isinstance(value[0], str):
+        return all(isinstance(i, int) for i in value[1:3])
+    if isinstance(value, (list, tuple)):
+        return any(_legacy_refs(v) for v in value)
+    if isinstance(value, dict):
+        return any(_legacy_refs(v) for v in value.values())
+    return False
+
+
+def _topological(
+    calls: list[CallSpec], input_layers: set[str], outputs: list[TensorRef], source: str
+) -> list[CallSpec]:
+    """Order calls so each comes after its producers, keeping config order otherwise, and
+    check that every model output is produced."""
+    for call in calls:
+        if not call.inputs:
+            raise KerascheckError(
+                f"{source}: expected at least one input tensor for call {call.index} of layer "
+                f"'{call.layer}', found none"
+            )
     available = {(name, 0) for name in input_layers}
     ordered, pending = [], list(calls)
-    while pending:
-        for position, call in enumerate(pending):
-            if all((r.layer, r.call) in available for r in call.inputs):
-                break
-        else:
+    while pending:  # config order is already topological in files Keras writes: O(n) then
+        position = next(
+            (
+                i
+                for i, c in enumerate(pending)
+                if all((r.layer, r.call) in available for r in c.inputs)
+            ),
+            None,
+        )
+        if position is None:
             stuck = pending[0]
-            waiting = [r.layer for r in stuck.inputs if (r.layer, r.call) not in available]
+            waiting = [
+                f"{r.layer}[{r.call}]" for r in stuck.inputs if (r.layer, r.call) not in available
+            ]
             raise KerascheckError(
-                f"{source}: cannot order the model graph; layer '{stuck.layer}' waits for "
-                f"{waiting}, which no call produces"
+                f"{source}: expected every layer input to be produced by a call, found layer "
+                f"'{stuck.layer}' waiting for {waiting}, which no call produces"
             )
-        ordered.append(pending.pop(position))
+        call = pending.pop(position)
+        ordered.append(call)
         available.add((call.layer, call.index))
+    missing = [f"{r.layer}[{r.call}]" for r in outputs if (r.layer, r.call) not in available]
+    if missing:
+        raise KerascheckError(
+            f"{source}: expected the model outputs to be produced by its layers, found "
+            f"{missing} produced by no call"
+        )
     return ordered

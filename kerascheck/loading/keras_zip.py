@@ -1,4 +1,9 @@
-"""Read Keras 3 (and tf_keras) `.keras` zip archives without extracting them."""
+"""Read Keras 3 (and tf_keras) `.keras` zip archives without extracting them.
+
+Members are read by exact name and only after their declared sizes are
+checked (Python's zipfile never inflates past the declared size), so a zip
+bomb or a path-traversal member name never reaches the disk or memory.
+"""
 
 from __future__ import annotations
 
@@ -11,40 +16,45 @@ import h5py
 
 from ..errors import KerascheckError, UnsafeModelError
 from .config import parse_model_config
-from .hdf5 import child, read_array, text_attr
+from .hdf5 import child, open_file, read_array, text_attr
 from .spec import ModelSpec
 
 MAX_CONFIG_BYTES = 256 * 2**20
 MAX_WEIGHTS_BYTES = 16 * 2**30
+# A member declaring far more bytes than it stores is a decompression bomb (the
+# same rule as Keras' own `_reject_zip_bomb`, with a lower floor for JSON).
+BOMB_RATIO = 100
+BOMB_FLOOR_BYTES = 2**28
 
 
 def read_keras_zip(path: str) -> ModelSpec:
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise KerascheckError(f"{path}: expected a .keras zip archive, found an unreadable zip ({exc})")
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise KerascheckError(
+            f"{path}: expected a .keras zip archive, found an unreadable zip ({exc})"
+        )
     with archive:
         names = set(archive.namelist())
         if "model.weights.npz" in names:
             raise UnsafeModelError(
-                f"{path}: weights are stored as model.weights.npz (a pickle-capable format); "
-                "expected model.weights.h5"
+                f"{path}: expected weights in model.weights.h5, found model.weights.npz "
+                "(NumPy archives can hold pickles, which kerascheck never loads)"
             )
         for required in ("config.json", "model.weights.h5"):
             if required not in names:
                 found = ", ".join(sorted(names)) or "nothing"
-                raise KerascheckError(f"{path}: expected '{required}' in the .keras archive, found {found}")
+                raise KerascheckError(
+                    f"{path}: expected '{required}' in the .keras archive, found {found}"
+                )
         metadata = {}
         if "metadata.json" in names:
             metadata = _read_json(archive, "metadata.json", path)
         config = _read_json(archive, "config.json", path)
-        spec = parse_model_config(config, str(metadata.get("keras_version", "3")), path)
+        version = metadata.get("keras_version", "3") if isinstance(metadata, dict) else "3"
+        spec = parse_model_config(config, str(version), path)
         weights = _read_member(archive, "model.weights.h5", MAX_WEIGHTS_BYTES, path)
-    try:
-        store = h5py.File(io.BytesIO(weights), "r")
-    except OSError as exc:
-        raise KerascheckError(f"{path}: model.weights.h5 is not a readable HDF5 file ({exc})")
-    with store:
+    with open_file(io.BytesIO(weights), f"{path}: model.weights.h5") as store:
         assign_weights(spec, store, path)
     return spec
 
@@ -52,23 +62,33 @@ def read_keras_zip(path: str) -> ModelSpec:
 def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: str) -> bytes:
     info = archive.getinfo(name)
     if info.file_size > limit:
-        raise KerascheckError(f"{path}: {name} is {info.file_size} bytes, more than the {limit} allowed")
+        raise KerascheckError(
+            f"{path}: expected {name} of at most {limit} bytes, found {info.file_size}"
+        )
+    if info.file_size > BOMB_FLOOR_BYTES and info.file_size > BOMB_RATIO * info.compress_size:
+        raise UnsafeModelError(
+            f"{path}: {name} declares {info.file_size} bytes but stores only "
+            f"{info.compress_size}; refusing a likely decompression bomb"
+        )
     try:
         return archive.read(name)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise KerascheckError(f"{path}: cannot read {name} from the archive ({exc})")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise KerascheckError(f"{path}: expected a readable {name} in the archive ({exc})")
 
 
-def _read_json(archive: zipfile.ZipFile, name: str, path: str) -> dict:
+def _read_json(archive: zipfile.ZipFile, name: str, path: str):
     raw = _read_member(archive, name, MAX_CONFIG_BYTES, path)
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KerascheckError(f"{path}: {name} is not valid JSON ({exc})")
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise KerascheckError(f"{path}: expected JSON in {name}, found invalid text ({exc})")
 
 
 def snake_case(name: str) -> str:
-    """Keras' own group naming for saved layers: `BatchNormalization` -> `batch_normalization`."""
+    """Keras' own group naming for saved layers: `BatchNormalization` -> `batch_normalization`.
+
+    Same regexes as keras/src/utils/naming.py and tf_keras/src/utils/generic_utils.py.
+    """
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
@@ -77,35 +97,67 @@ def snake_case(name: str) -> str:
 def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
     """Fill each layer's weights from a `layers/<group>/vars/<i>` weight store.
 
-    Groups carry the layer name in a `name` attribute (recent Keras 3); older
-    files only have Keras' order-based group names, which we recompute.
+    Recent Keras 3 writes the layer name in a `name` attribute of `vars`; tf_keras
+    and older Keras 3 only have the order-based group names (class name in snake
+    case, `_1`, `_2` for repeats, in `model.layers` order), which we recompute.
     """
     groups = child(store, "layers")
     if groups is None:
         return
-    by_name = {}
-    for key in groups.keys():
-        vars_group = child(groups[key], "vars")
-        owner = text_attr(vars_group, "name") if vars_group is not None else None
-        if owner:
-            by_name[owner] = key
-    used: dict[str, int] = {}
-    for layer in spec.layers.values():
-        if spec.class_name == "Sequential" and layer.class_name == "InputLayer":
-            continue
-        base = snake_case(layer.class_name)
-        count = used.get(base)
-        used[base] = 0 if count is None else count + 1
-        fallback = base if count is None else f"{base}_{count + 1}"
-        key = by_name.get(layer.name, fallback if not by_name else None)
-        if key is None or key not in groups:
-            continue
-        group = groups[key]
+    if not isinstance(groups, h5py.Group):
+        raise KerascheckError(f"{path}: expected a 'layers' group in model.weights.h5")
+    by_name = _groups_by_layer_name(groups)
+    for layer, key in zip(_saved_layers(spec), _order_keys(spec)):
+        key = by_name.get(layer.name) if by_name else key
+        group = child(groups, key) if key is not None else None
+        if not isinstance(group, h5py.Group):
+            continue  # a layer without weights; the engine checks the count
         if layer.model is not None:
             assign_weights(layer.model, group, path)
             continue
-        vars_group = child(group, "vars")
-        if vars_group is None:
-            continue
-        count_vars = len(vars_group.keys())
-        layer.weights = [read_array(child(vars_group, str(i))) for i in range(count_vars)]
+        layer.weights = _read_vars(child(group, "vars"), f"{layer.name}", path)
+
+
+def _saved_layers(spec: ModelSpec) -> list:
+    """Layers in the order Keras saves them: a Sequential's `layers` omit its InputLayer."""
+    return [
+        layer
+        for layer in spec.layers.values()
+        if not (spec.class_name == "Sequential" and layer.class_name == "InputLayer")
+    ]
+
+
+def _order_keys(spec: ModelSpec) -> list[str]:
+    used: dict[str, int] = {}
+    keys = []
+    for layer in _saved_layers(spec):
+        base = snake_case(layer.class_name)
+        count = used.get(base)
+        used[base] = 0 if count is None else count + 1
+        keys.append(base if count is None else f"{base}_{count + 1}")
+    return keys
+
+
+def _groups_by_layer_name(groups: h5py.Group) -> dict[str, str]:
+    by_name = {}
+    for key in groups.keys():
+        vars_group = child(groups, f"{key}/vars")
+        owner = text_attr(vars_group, "name") if isinstance(vars_group, h5py.Group) else None
+        if owner:
+            by_name[owner] = key
+    return by_name
+
+
+def _read_vars(vars_group, layer_name: str, path: str) -> list:
+    """`vars/0`, `vars/1`, ... in order; anything else in the group is a damaged file."""
+    if vars_group is None:
+        return []
+    if not isinstance(vars_group, h5py.Group):
+        raise KerascheckError(f"{path}: expected a 'vars' group for layer '{layer_name}'")
+    keys = list(vars_group.keys())
+    expected = [str(i) for i in range(len(keys))]
+    if sorted(keys, key=lambda k: (len(k), k)) != expected:
+        raise KerascheckError(
+            f"{path}: expected weights named {expected} for layer '{layer_name}', found {keys}"
+        )
+    return [read_array(child(vars_group, key), f"for layer '{layer_name}'") for key in expected]

@@ -8,73 +8,85 @@ import h5py
 
 from ..errors import KerascheckError
 from .config import parse_model_config
-from .hdf5 import child, list_attr, read_array, text_attr
-from .spec import ModelSpec
+from .hdf5 import child, list_attr, open_file, read_array, text_attr
+from .spec import LayerSpec, ModelSpec
 
 
 def read_legacy_h5(path: str) -> ModelSpec:
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise KerascheckError(f"{path}: expected an HDF5 model file, found an unreadable one ({exc})")
-    with handle:
+    with open_file(path, path) as handle:
         raw = text_attr(handle, "model_config")
         if raw is None:
+            weights_only = "layer_names" in handle.attrs or "layers" in handle
+            found = "weights only" if weights_only else "no model"
             raise KerascheckError(
-                f"{path}: expected a model config in the .h5 file, found none "
-                "(a weights-only file needs its architecture; save with model.save())"
+                f"{path}: expected a model config in the .h5 file, found {found} "
+                "(a file from save_weights() needs its architecture; save with model.save())"
             )
         try:
             config = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise KerascheckError(f"{path}: the model config is not valid JSON ({exc})")
+        except (ValueError, RecursionError) as exc:
+            raise KerascheckError(
+                f"{path}: expected a JSON model config, found invalid text ({exc})"
+            )
         keras_version = text_attr(handle, "keras_version") or "2"
         spec = parse_model_config(config, str(keras_version), path)
         weights = child(handle, "model_weights")
-        if weights is None:
+        if not isinstance(weights, h5py.Group):
             raise KerascheckError(f"{path}: expected a 'model_weights' group, found none")
         assign_weights(spec, weights, path)
     return spec
 
 
 def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
-    """Weights live in `model_weights/<layer>` in the order of its `weight_names`."""
+    """Weights live in `model_weights/<layer>` in the order of its `weight_names`.
+
+    A nested model's group holds the weights of all its leaf layers, nested ones
+    included, so they are handed out by name.
+    """
     for layer in spec.layers.values():
         group = child(store, layer.name)
-        if group is None:
-            continue
+        if not isinstance(group, h5py.Group):
+            continue  # no weights saved; the engine checks the count against the config
         names = list_attr(group, "weight_names")
-        arrays = [(name, read_array(_dataset(group, name, path))) for name in names]
+        arrays = [(name, read_array(child(group, name), _what(name, layer))) for name in names]
         if layer.model is not None:
-            _distribute(layer.model, arrays)
+            _distribute(layer.model, arrays, path)
         else:
             layer.weights = [array for _, array in arrays]
 
 
-def _dataset(group: h5py.Group, name: str, path: str):
-    dataset = child(group, name)
-    if dataset is None:
-        raise KerascheckError(f"{path}: weight '{name}' of layer '{group.name}' is missing")
-    return dataset
+def _what(name: str, layer: LayerSpec) -> str:
+    return f"'{name}' for layer '{layer.name}'"
 
 
-def _distribute(model: ModelSpec, arrays: list) -> None:
+def _distribute(model: ModelSpec, arrays: list, path: str) -> None:
     """Hand a nested model's flat weight list to its leaf layers by weight name.
 
-    Names look like `dense/kernel:0` (Keras 2) or `inner/dense/kernel` (Keras 3):
-    the leftmost path part naming a leaf layer is the owner.
+    Names look like `dense/kernel:0` (Keras 2) or `inner/dense/kernel` (Keras 3,
+    the variable's path, which may start with an enclosing model's name): the
+    leftmost path part naming a leaf layer is the owner. Two leaves of different
+    nested models may share a name; their weights come one layer after the other,
+    so a repeated weight name moves on to the next leaf of that name.
     """
-    leaves = {}
+    leaves: dict[str, list[LayerSpec]] = {}
     _collect_leaves(model, leaves)
-    for layer in leaves.values():
-        layer.weights = []
+    taken: dict[int, set[str]] = {}
+    for same_name in leaves.values():
+        for layer in same_name:
+            layer.weights = []
+            taken[id(layer)] = set()
     for name, array in arrays:
         parts = name.split(":")[0].split("/")
-        owner = next((leaves[p] for p in parts[:-1] if p in leaves), None)
-        if owner is None:
+        owner_name = next((p for p in parts[:-1] if p in leaves), None)
+        if owner_name is None:
             raise KerascheckError(
-                f"weight '{name}' of nested model '{model.name}' belongs to no layer it defines"
+                f"{path}: weight '{name}' of nested model '{model.name}' belongs to no layer "
+                f"it defines; expected one of {sorted(leaves)}"
             )
+        suffix = "/".join(parts[parts.index(owner_name) + 1 :])
+        candidates = leaves[owner_name]
+        owner = next((c for c in candidates if suffix not in taken[id(c)]), candidates[-1])
+        taken[id(owner)].add(suffix)
         owner.weights.append(array)
 
 
@@ -82,5 +94,5 @@ def _collect_leaves(model: ModelSpec, leaves: dict) -> None:
     for layer in model.layers.values():
         if layer.model is not None:
             _collect_leaves(layer.model, leaves)
-        else:
-            leaves[layer.name] = layer
+        elif layer.class_name != "InputLayer":
+            leaves.setdefault(layer.name, []).append(layer)

@@ -1,8 +1,9 @@
-"""Refuse model configs that would need code execution to rebuild.
+"""Refuse model configs that would need code execution (or outside files) to rebuild.
 
 kerascheck never runs code from a model file. Anything that Keras itself would
 deserialize as code (Lambda bytecode, custom classes, wrapped foreign models)
-is reported by layer name instead.
+or read from elsewhere (vocabulary files) is reported by layer name instead.
+The checks run on the raw config entry, before anything else looks at it.
 """
 
 from __future__ import annotations
@@ -11,36 +12,62 @@ from ..errors import UnsafeModelError
 
 CODE_LAYERS = {
     "Lambda": "it stores Python bytecode",
+    "TFOpLambda": "it calls a TensorFlow function by name",
+    "SlicingOpLambda": "it calls a TensorFlow function by name",
     "TFSMLayer": "it wraps a TensorFlow SavedModel",
     "TorchModuleWrapper": "it wraps a pickled PyTorch module",
     "JaxLayer": "it wraps JAX functions",
     "FlaxLayer": "it wraps a Flax module",
 }
 MODEL_CLASSES = {"Functional", "Model", "Sequential"}
+# Keys whose string value Keras treats as a path to read (lookup layers' vocabularies).
+PATH_KEYS = ("vocabulary", "vocabulary_file", "idf_weights")
 
 
-def check_layer_entry(entry: dict) -> None:
-    """Raise UnsafeModelError if a layer entry of a model config needs code."""
+def check_layer_entry(entry: dict, source: str = "") -> None:
+    """Raise UnsafeModelError if a layer (or model) entry of a config needs code or files."""
+    try:
+        _check_entry(entry)
+    except UnsafeModelError as exc:
+        raise UnsafeModelError(f"{source}: {exc}" if source else str(exc)) from None
+
+
+def _check_entry(entry: dict) -> None:
     class_name = entry.get("class_name")
-    name = entry.get("config", {}).get("name") or entry.get("name") or "?"
+    config = entry.get("config")
+    config = config if isinstance(config, dict) else {}
+    name = config.get("name") or entry.get("name") or "?"
     if class_name in CODE_LAYERS:
         raise UnsafeModelError(
             f"layer '{name}' is a {class_name}, which kerascheck refuses to load "
             f"because {CODE_LAYERS[class_name]}; expected built-in Keras layers only"
         )
-    module = entry.get("module")
-    registered = entry.get("registered_name")
-    if module and not _is_keras_module(module):
+    if isinstance(class_name, str) and ">" in class_name:  # Keras 2 writes `Package>Class`
         raise UnsafeModelError(
-            f"layer '{name}' ({class_name}) comes from module '{module}'; kerascheck "
-            "loads built-in Keras layers only and never imports custom code"
+            f"layer '{name}' is the custom class '{class_name}'; expected built-in Keras "
+            "layers only (kerascheck never imports custom code)"
         )
+    module = entry.get("module")
+    if isinstance(module, str) and not _is_keras_module(module):
+        raise UnsafeModelError(
+            f"layer '{name}' ({class_name}) comes from module '{module}'; expected built-in "
+            "Keras layers only (kerascheck never imports custom code)"
+        )
+    registered = entry.get("registered_name")
     if registered not in (None, class_name) and registered not in MODEL_CLASSES:
         raise UnsafeModelError(
-            f"layer '{name}' is the custom class '{registered}'; kerascheck loads "
-            "built-in Keras layers only and never imports custom code"
+            f"layer '{name}' is the custom class '{registered}'; expected built-in Keras "
+            "layers only (kerascheck never imports custom code)"
         )
-    _check_values(entry.get("config", {}), name, class_name)
+    for key in PATH_KEYS:
+        if isinstance(config.get(key), str):
+            raise UnsafeModelError(
+                f"layer '{name}' ({class_name}) reads its {key} from the path "
+                f"'{config[key]}'; expected the values stored in the model file"
+            )
+    if class_name in MODEL_CLASSES:  # its layers are checked one by one, by their own name
+        config = {k: v for k, v in config.items() if k != "layers"}
+    _check_values(config, name, class_name)
 
 
 def _is_keras_module(module: str) -> bool:
@@ -54,19 +81,21 @@ def _check_values(value, name: str, class_name: str) -> None:
         if inner_class == "__lambda__" or "__lambda__" in value:
             raise UnsafeModelError(
                 f"layer '{name}' ({class_name}) contains a serialized Python lambda; "
-                "kerascheck refuses to execute code from a model file"
+                "expected built-in functions only (kerascheck never executes model code)"
             )
         module = value.get("module")
         if isinstance(module, str) and inner_class and not _is_keras_module(module):
             raise UnsafeModelError(
                 f"layer '{name}' ({class_name}) refers to '{inner_class}' from module "
-                f"'{module}'; kerascheck never imports custom code"
+                f"'{module}'; expected built-in Keras objects only (kerascheck never imports "
+                "custom code)"
             )
         registered = value.get("registered_name")
         if isinstance(registered, str) and ">" in registered:
             raise UnsafeModelError(
                 f"layer '{name}' ({class_name}) refers to the custom object "
-                f"'{registered}'; kerascheck never imports custom code"
+                f"'{registered}'; expected built-in Keras objects only (kerascheck never "
+                "imports custom code)"
             )
         for item in value.values():
             _check_values(item, name, class_name)

@@ -13,8 +13,7 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import keras_module
-from conftest import test_input as make_input
+from helpers import keras_module, make_input
 
 from kerascheck.engine import activations
 

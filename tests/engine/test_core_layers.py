@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import test_input as make_input
+from helpers import make_input
 
 FORMATS = ("channels_last", "channels_first")
 

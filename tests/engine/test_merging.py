@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import test_input as make_input
+from helpers import make_input
 
 ELEMENTWISE = ["Add", "Multiply", "Average", "Maximum", "Minimum"]
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import keras_module
-from conftest import test_input as make_input
+from helpers import keras_module, make_input
 
 from kerascheck.engine.base import Context
 from kerascheck.engine.layers import pooling

@@ -10,7 +10,7 @@ both flavors, except ZeroPadding1D's `data_format`, which only Keras 3 has.
 from __future__ import annotations
 
 import pytest
-from conftest import test_input as make_input
+from helpers import make_input
 
 from kerascheck.engine.layers.reshaping import side_pairs
 
