@@ -25,7 +25,15 @@ class Context:
 
 
 class Layer:
-    """One Keras layer class. Subclasses are named exactly as Keras names them."""
+    """One Keras layer class. Subclasses are named exactly as Keras names them.
+
+    `supports_masking` mirrors Keras: when True the layer's output carries a
+    mask from `compute_mask` (by default the input's mask, unchanged); when
+    False any incoming mask stops here. A layer that *uses* a mask takes a
+    `mask` argument in `call`.
+    """
+
+    supports_masking = False
 
     def __init__(self, spec: LayerSpec, context: Context):
         self.name = spec.name
@@ -47,6 +55,10 @@ class Layer:
 
     def call(self, inputs):
         raise NotImplementedError
+
+    def compute_mask(self, inputs, mask):
+        """The output's mask; Keras' default passes the input's mask through."""
+        return mask
 
     # -- shared machinery --------------------------------------------------
     def build(self, input_shape) -> None:

@@ -1,17 +1,25 @@
-"""Walks a ModelSpec's calls in order and computes every call's output."""
+"""Walks a ModelSpec's calls in order and computes every call's output (and mask)."""
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 
 from ..errors import KerascheckError
-from ..loading.spec import CallSpec, ModelSpec, TensorRef
-from .base import Context
+from ..loading.spec import CallSpec, ModelSpec, TensorRef, resolve
+from .base import Context, Layer
 from .registry import create_layer
 
 
 class Graph:
-    """The engine's executable form of one (possibly nested) model."""
+    """The engine's executable form of one (possibly nested) model.
+
+    Masks travel beside values as Keras propagates them: a layer that computes
+    one (Embedding with `mask_zero`, Masking) starts it, layers that support
+    masking pass it on (`compute_mask`), layers whose `call` takes `mask` (or
+    `<arg>_mask` for several tensor arguments) receive it.
+    """
 
     def __init__(self, spec: ModelSpec, context: Context):
         self.spec = spec
@@ -22,7 +30,7 @@ class Graph:
             if layer.class_name != "InputLayer"
         }
 
-    def run(self, inputs: list[np.ndarray], keep: bool = True):
+    def run(self, inputs: list[np.ndarray], keep: bool = True, input_masks=None):
         """Return (model outputs, {call name: output}) for one batch.
 
         With `keep=False` the per-call dict is empty and intermediate values are
@@ -31,29 +39,49 @@ class Graph:
         values: dict[tuple[str, int], object] = {
             (spec.name, 0): array for spec, array in zip(self.spec.inputs, inputs)
         }
+        masks: dict[tuple[str, int], object] = {
+            (spec.name, 0): mask
+            for spec, mask in zip(self.spec.inputs, input_masks or [None] * len(inputs))
+        }
         per_call = {}
-        needed = self._last_use() if not keep else {}
+        last_use = self._last_use() if not keep else {}
         for position, call in enumerate(self.spec.calls):
-            args = [self._tensor(values, ref) for ref in call.inputs]
-            output = self.run_call(call, args)
+            output, mask = self.run_call(call, values, masks)
             values[(call.layer, call.index)] = output
+            masks[(call.layer, call.index)] = mask
             if keep:
                 per_call[call.name] = output
             else:
-                for key in [k for k, last in needed.items() if last == position]:
+                for key in [k for k, last in last_use.items() if last == position]:
                     values.pop(key, None)
-        outputs = [self._tensor(values, ref) for ref in self.spec.outputs]
+                    masks.pop(key, None)
+        outputs = [_pick(values, ref) for ref in self.spec.outputs]
+        self.output_masks = [_pick(masks, ref) for ref in self.spec.outputs]
         return outputs, per_call
 
-    def run_call(self, call: CallSpec, args: list[np.ndarray]):
-        """Compute one call from its input arrays (used for "own" layer errors too)."""
+    def run_call(self, call: CallSpec, values: dict, masks: dict | None = None):
+        """Compute one call from the values (and masks) of the tensors it reads.
+
+        Returns (output, output mask). Also used to feed a layer Keras' own inputs.
+        """
         layer = self.layers[call.layer]
-        inputs = args if call.as_list else args[0]
-        shapes = [a.shape for a in args] if call.as_list else args[0].shape
+        masks = masks or {}
+        first = [_pick(values, ref) for ref in call.inputs]
+        inputs = first if call.as_list else first[0]
+        first_mask = [_pick(masks, ref) for ref in call.inputs]
+        mask = first_mask if call.as_list else first_mask[0]
+        if not any(m is not None for m in first_mask):
+            mask = None
+        args = resolve(call.args, lambda ref: _pick(values, ref))
+        kwargs = resolve(call.kwargs, lambda ref: _pick(values, ref))
+        shapes = [a.shape for a in first] if call.as_list else first[0].shape
+        self._add_masks(layer, call, kwargs, mask, masks)
         try:
             if not layer.built:
                 layer.build(shapes)
-            return layer.call(inputs)
+            output = layer.call(inputs, *args, **kwargs)
+            out_mask = layer.compute_mask(inputs, mask) if layer.supports_masking else None
+            return output, out_mask
         except KerascheckError:
             raise
         except Exception as exc:  # numpy's own message, tied to the layer
@@ -63,17 +91,39 @@ class Graph:
             ) from exc
 
     @staticmethod
-    def _tensor(values: dict, ref: TensorRef):
-        value = values[(ref.layer, ref.call)]
-        if isinstance(value, (list, tuple)):
-            return value[ref.tensor]
-        return value
+    def _add_masks(layer: Layer, call: CallSpec, kwargs: dict, mask, masks: dict) -> None:
+        """Keras' rule: one tensor argument gets `mask`; several get `<name>_mask` each."""
+        params = _parameters(type(layer))
+        unknown = [k for k in kwargs if k not in params and not _takes_var_kwargs(type(layer))]
+        if unknown:
+            raise KerascheckError(
+                f"layer '{call.layer}' ({layer.class_name}) is called with {unknown[0]!r}, "
+                f"which kerascheck's {layer.class_name} does not accept (it accepts "
+                f"{sorted(params)})"
+            )
+        tensor_params = {}
+        positional = [p for p in params if p != "self"]
+        if positional:
+            tensor_params[positional[0]] = mask
+        for name, value in zip(positional[1:], call.args):
+            if isinstance(value, TensorRef):
+                tensor_params[name] = _pick(masks, value)
+        for name, value in call.kwargs.items():
+            if isinstance(value, TensorRef):
+                tensor_params[name] = _pick(masks, value)
+        if len(tensor_params) == 1:
+            if "mask" in params and kwargs.get("mask") is None:
+                kwargs["mask"] = mask
+        else:
+            for name, value in tensor_params.items():
+                if f"{name}_mask" in params and kwargs.get(f"{name}_mask") is None:
+                    kwargs[f"{name}_mask"] = value
 
     def _last_use(self) -> dict[tuple[str, int], int]:
         """For each produced value, the position of the last call that reads it."""
         last = {}
         for position, call in enumerate(self.spec.calls):
-            for ref in call.inputs:
+            for ref in call.refs:
                 last[(ref.layer, ref.call)] = position
         for ref in self.spec.outputs:
             last[(ref.layer, ref.call)] = len(self.spec.calls)
@@ -81,6 +131,33 @@ class Graph:
 
     def param_count(self) -> int:
         return sum(layer.param_count() for layer in self.layers.values())
+
+
+def _pick(values: dict, ref: TensorRef):
+    value = values.get((ref.layer, ref.call))
+    if isinstance(value, (list, tuple)):
+        return value[ref.tensor]
+    return value
+
+
+_SIGNATURES: dict[type, tuple[list[str], bool]] = {}
+
+
+def _signature(cls: type) -> tuple[list[str], bool]:
+    if cls not in _SIGNATURES:
+        parameters = list(inspect.signature(cls.call).parameters.values())
+        names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        var_kw = any(p.kind == p.VAR_KEYWORD for p in parameters)
+        _SIGNATURES[cls] = (names, var_kw)
+    return _SIGNATURES[cls]
+
+
+def _parameters(cls: type) -> list[str]:
+    return _signature(cls)[0]
+
+
+def _takes_var_kwargs(cls: type) -> bool:
+    return _signature(cls)[1]
 
 
 def _create(spec, context: Context):

@@ -232,8 +232,8 @@ def _parse_functional(config: dict, keras_version: str, keras2: bool, source: st
                 f"found {_describe(nodes)}"
             )
         for index, node in enumerate(nodes):
-            inputs, as_list, kwargs = _parse_node(node, ref, layer, source)
-            calls.append(CallSpec(layer.name, index, inputs, as_list, kwargs))
+            inputs, as_list, kwargs, extra = _parse_node(node, ref, layer, source)
+            calls.append(CallSpec(layer.name, index, inputs, as_list, kwargs, extra))
 
     inputs = [ref(v, endpoint=True) for v in _endpoint_list(config.get("input_layers"))]
     outputs = [ref(v, endpoint=True) for v in _endpoint_list(config.get("output_layers"))]
@@ -276,40 +276,75 @@ def _endpoint_list(value) -> list:
     return [value]  # reported as a bad reference by `ref`
 
 
+# Keyword arguments that are not part of what a call computes at inference:
+# masks are recomputed by propagation (Keras 3 even records them as references
+# to ops such as `not_equal` that are not layers of the model).
+DROPPED_KWARGS = {"mask", "training"}
+
+
 def _parse_node(node, ref, layer: LayerSpec, source: str):
-    """Return (input refs, passed-as-list, constant kwargs) for one inbound node."""
+    """Return (first-argument refs, passed-as-list, kwargs, extra args) for one node."""
     caller = f" in the inputs of layer '{layer.name}' ({layer.class_name})"
-    unsupported = (
-        f"{source}: layer '{layer.name}' ({layer.class_name}) is called with a tensor for "
-        "'{}'; expected tensors only as its one positional input (kerascheck does not "
-        "support other tensor arguments)"
-    )
     if isinstance(node, dict):  # Keras 3
         args = node.get("args") or []
         kwargs = node.get("kwargs") or {}
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise KerascheckError(f"{source}: layer '{layer.name}' has an unreadable inbound node")
-        for key, value in kwargs.items():
-            if _tensor_refs(value, ref, caller):
-                raise KerascheckError(unsupported.format(key))
-        for position, extra in enumerate(args[1:], start=1):
-            if _tensor_refs(extra, ref, caller):
-                raise KerascheckError(unsupported.format(f"positional argument {position}"))
+        kwargs = {
+            key: _with_refs(value, ref, caller)
+            for key, value in kwargs.items()
+            if key not in DROPPED_KWARGS
+        }
+        extra = [_with_refs(value, ref, caller) for value in args[1:]]
         first = args[0] if args else []
-        return _tensor_refs(first, ref, caller), isinstance(first, list), dict(kwargs)
+        return _tensor_refs(first, ref, caller), isinstance(first, list), kwargs, extra
     if isinstance(node, list):  # Keras 2: [[layer, node, tensor, kwargs], ...]
         inputs, kwargs = [], {}
         for item in node:
             if isinstance(item, list) and item and item[0] == "_CONSTANT_VALUE":
-                raise KerascheckError(unsupported.format("a constant"))
+                raise KerascheckError(
+                    f"{source}: layer '{layer.name}' ({layer.class_name}) is called with a "
+                    "constant tensor; kerascheck does not support constant call inputs"
+                )
             inputs.append(ref(item, endpoint=False, caller=caller))
             extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
             for key, value in extra.items():
-                if _legacy_refs(value):
-                    raise KerascheckError(unsupported.format(key))
-            kwargs.update(extra)
-        return inputs, len(inputs) > 1, kwargs
+                if key not in DROPPED_KWARGS:
+                    kwargs[key] = _legacy_with_refs(value, ref, caller)
+        return inputs, len(inputs) > 1, kwargs, []
     raise KerascheckError(f"{source}: layer '{layer.name}' has an unreadable inbound node")
+
+
+def _with_refs(value, ref, caller: str):
+    """A Keras 3 argument with `__keras_tensor__` entries turned into TensorRefs."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        history = (value.get("config") or {}).get("keras_history")
+        return ref(history, endpoint=False, caller=caller)
+    if isinstance(value, dict):
+        return {key: _with_refs(item, ref, caller) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_refs(item, ref, caller) for item in value]
+    return value
+
+
+def _legacy_with_refs(value, ref, caller: str):
+    """A Keras 2 keyword argument: tensors are written as `[layer, node, tensor]`."""
+    if _is_legacy_ref(value):
+        return ref(value, endpoint=False, caller=caller)
+    if isinstance(value, list):
+        return [_legacy_with_refs(item, ref, caller) for item in value]
+    if isinstance(value, dict):
+        return {key: _legacy_with_refs(item, ref, caller) for key, item in value.items()}
+    return value
+
+
+def _is_legacy_ref(value) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in value[1:3])
+    )
 
 
 def _tensor_refs(value, ref, caller: str) -> list[TensorRef]:
@@ -319,17 +354,6 @@ def _tensor_refs(value, ref, caller: str) -> list[TensorRef]:
     if isinstance(value, (list, tuple)):
         return [r for item in value for r in _tensor_refs(item, ref, caller)]
     return []
-
-
-def _legacy_refs(value) -> bool:
-    """Keras 2 writes tensors in call kwargs as `[layer, node, tensor]` (TFOpLambda)."""
-    if isinstance(value, list) and len(value) in (3, 4) and isinstance(value[0], str):
-        return all(isinstance(i, int) for i in value[1:3])
-    if isinstance(value, (list, tuple)):
-        return any(_legacy_refs(v) for v in value)
-    if isinstance(value, dict):
-        return any(_legacy_refs(v) for v in value.values())
-    return False
 
 
 def _topological(
@@ -350,14 +374,14 @@ def _topological(
             (
                 i
                 for i, c in enumerate(pending)
-                if all((r.layer, r.call) in available for r in c.inputs)
+                if all((r.layer, r.call) in available for r in c.refs)
             ),
             None,
         )
         if position is None:
             stuck = pending[0]
             waiting = [
-                f"{r.layer}[{r.call}]" for r in stuck.inputs if (r.layer, r.call) not in available
+                f"{r.layer}[{r.call}]" for r in stuck.refs if (r.layer, r.call) not in available
             ]
             raise KerascheckError(
                 f"{source}: expected every layer input to be produced by a call, found layer "

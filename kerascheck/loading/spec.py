@@ -24,8 +24,11 @@ class TensorRef:
 class CallSpec:
     """One call of a layer (a Keras "node").
 
-    `inputs` are the tensors passed positionally; `as_list` tells whether they
-    were passed as one list (merge layers) or as a single tensor.
+    `inputs` are the tensors of the first positional argument; `as_list` tells
+    whether that argument was a list (merge layers) or a single tensor. Further
+    positional arguments (`args`) and keyword arguments (`kwargs`) keep their
+    structure, with tensors written as TensorRef. `mask` and `training` are not
+    kept: masks are recomputed by propagation, and every run is inference.
     """
 
     layer: str
@@ -33,11 +36,39 @@ class CallSpec:
     inputs: list[TensorRef]
     as_list: bool = False
     kwargs: dict = field(default_factory=dict)
+    args: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
         """Row name in reports: `layer` for the first call, `layer#1` after."""
         return self.layer if self.index == 0 else f"{self.layer}#{self.index}"
+
+    @property
+    def refs(self) -> list[TensorRef]:
+        """Every tensor the call reads, the first argument's first."""
+        return [*self.inputs, *tensor_refs(self.args), *tensor_refs(self.kwargs)]
+
+
+def tensor_refs(value) -> list[TensorRef]:
+    """TensorRefs inside nested lists, tuples and dicts, in order."""
+    if isinstance(value, TensorRef):
+        return [value]
+    if isinstance(value, dict):
+        return [r for item in value.values() for r in tensor_refs(item)]
+    if isinstance(value, (list, tuple)):
+        return [r for item in value for r in tensor_refs(item)]
+    return []
+
+
+def resolve(value, lookup):
+    """`value` with every TensorRef replaced by `lookup(ref)`, structure kept."""
+    if isinstance(value, TensorRef):
+        return lookup(value)
+    if isinstance(value, dict):
+        return {key: resolve(item, lookup) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [resolve(item, lookup) for item in value]
+    return value
 
 
 @dataclass

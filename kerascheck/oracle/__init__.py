@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import KerascheckError
-from ..loading.spec import ModelSpec
+from ..loading.spec import ModelSpec, resolve
 
 FLAVORS = ("keras", "tf_keras")
 
@@ -138,10 +138,12 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
 
     per_call = {}
     for call in spec.calls:
-        args = [tensor(ref) for ref in call.inputs]
+        first = [tensor(ref) for ref in call.inputs]
+        args = resolve(call.args, tensor)
+        kwargs = resolve(call.kwargs, tensor)
         layer = model.get_layer(call.layer)
         try:
-            output = layer(args if call.as_list else args[0])
+            output = layer(first if call.as_list else first[0], *args, **kwargs)
         except Exception as exc:
             message = " ".join(str(exc).split())[:300]
             raise KerascheckError(

@@ -317,9 +317,9 @@ def _set_history(config, layer_index, history):
         (
             "tensor_kwarg",
             lambda c: c["config"]["layers"][2]["inbound_nodes"][0]["kwargs"].update(
-                {"mask": c["config"]["layers"][2]["inbound_nodes"][0]["args"][0]}
+                {"scale": c["config"]["layers"][2]["inbound_nodes"][0]["args"][0]}
             ),
-            ["'out' (Dense) is called with a tensor for 'mask'"],
+            ["'out' (Dense) is called with 'scale'", "accepts"],
         ),
     ],
     ids=lambda v: v if isinstance(v, str) else "",

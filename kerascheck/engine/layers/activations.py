@@ -9,6 +9,8 @@ from ..base import Layer
 
 
 class ReLU(Layer):
+    supports_masking = True
+
     def setup(self, config):
         self.max_value = config.get("max_value")
         self.negative_slope = float(config.get("negative_slope") or 0.0)
@@ -21,6 +23,8 @@ class ReLU(Layer):
 class LeakyReLU(Layer):
     """Slope from `negative_slope` (Keras 3) or `alpha` (Keras 2); layer default 0.3."""
 
+    supports_masking = True
+
     def setup(self, config):
         slope = config.get("negative_slope", config.get("alpha"))
         self.slope = 0.3 if slope is None else float(slope)
@@ -31,6 +35,8 @@ class LeakyReLU(Layer):
 
 class PReLU(Layer):
     """Learned slope `alpha`, shared (size 1) along `shared_axes`."""
+
+    supports_masking = True
 
     def setup(self, config):
         shared = config.get("shared_axes")
@@ -50,6 +56,8 @@ class PReLU(Layer):
 
 
 class ELU(Layer):
+    supports_masking = True
+
     def setup(self, config):
         self.alpha = float(config.get("alpha", 1.0))
 
@@ -59,6 +67,8 @@ class ELU(Layer):
 
 class Softmax(Layer):
     """Softmax over one axis or several (a list of axes normalizes them jointly)."""
+
+    supports_masking = True
 
     def setup(self, config):
         axis = config.get("axis", -1)

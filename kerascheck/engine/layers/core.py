@@ -13,6 +13,8 @@ from ..base import Layer, data_format
 class Dense(Layer):
     """`activation(x @ kernel + bias)`, contracting the last axis only (any rank)."""
 
+    supports_masking = True
+
     def setup(self, config):
         self.units = int(config["units"])
         self.use_bias = bool(config.get("use_bias", True))
@@ -104,6 +106,8 @@ def einsum_weight_shapes(equation, bias_axes, input_shape, partial_output):
 
 
 class Activation(Layer):
+    supports_masking = True
+
     def setup(self, config):
         self.fn = activations.resolve(config.get("activation"), self.context.keras_major)
 
@@ -113,6 +117,8 @@ class Activation(Layer):
 
 class Identity(Layer):
     """Layers that are the identity at inference time."""
+
+    supports_masking = True
 
     def call(self, x):
         return x
@@ -195,6 +201,8 @@ def config_array(value):
 
 class Rescaling(Layer):
     """`x * scale + offset`; a list scale or offset applies per channel (last axis)."""
+
+    supports_masking = True
 
     def setup(self, config):
         self.scale = config_array(config.get("scale", 1.0))

@@ -29,6 +29,8 @@ def align_ranks(inputs: list) -> list:
 class ElementwiseMerge(Layer):
     """Folds `combine` over the inputs after Keras' rank alignment."""
 
+    supports_masking = True
+
     arity = None  # None: any number of inputs
 
     def call(self, inputs):
@@ -39,6 +41,12 @@ class ElementwiseMerge(Layer):
 
     def combine(self, a, b):
         raise NotImplementedError
+
+    def compute_mask(self, inputs, mask):
+        """A step is kept only where every masked input keeps it (Keras' base_merge)."""
+        masks = [m for m in as_list(mask)] if mask is not None else []
+        masks = [m for m in masks if m is not None]
+        return np.logical_and.reduce(masks) if masks else None
 
     def finish(self, total, count):
         return total
@@ -75,11 +83,30 @@ class Average(ElementwiseMerge):
 
 
 class Concatenate(Layer):
+    supports_masking = True
+
     def setup(self, config):
         self.axis = int(config.get("axis", -1))
 
     def call(self, inputs):
         return np.concatenate(as_list(inputs), axis=self.axis)
+
+    def compute_mask(self, inputs, mask):
+        """Keras' rule: unmasked inputs count as all-kept, masks are broadcast to
+        their input, concatenated along the axis, then reduced with `any` over the
+        last axis."""
+        masks = as_list(mask) if mask is not None else []
+        if not any(m is not None for m in masks):
+            return None
+        full = []
+        for x, m in zip(as_list(inputs), masks):
+            if m is None:
+                full.append(np.ones(x.shape, dtype=bool))
+            elif m.ndim < x.ndim:
+                full.append(np.broadcast_to(m[..., None], x.shape))
+            else:
+                full.append(m)
+        return np.any(np.concatenate(full, axis=self.axis), axis=-1)
 
 
 class Dot(Layer):
@@ -92,6 +119,8 @@ class Dot(Layer):
     `keras/src/ops/nn.py::_normalize`); tf_keras floors the squared norm at 1e-12
     (`tf.linalg.l2_normalize`), i.e. the norm at 1e-6.
     """
+
+    supports_masking = True
 
     def setup(self, config):
         axes = config["axes"]
@@ -110,6 +139,9 @@ class Dot(Layer):
             x, y = self.l2_normalize(x, ax), self.l2_normalize(y, ay)
         out = batch_dot(x, y, ax, ay)
         return out[:, None] if out.ndim == 1 else out
+
+    def compute_mask(self, inputs, mask):
+        return None
 
     def l2_normalize(self, x, axis):
         square_sum = np.sum(np.square(x), axis=axis, keepdims=True)

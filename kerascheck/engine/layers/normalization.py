@@ -79,6 +79,8 @@ class BatchNormalization(Layer):
     the moving variance.
     """
 
+    supports_masking = True
+
     def setup(self, config):
         self.axes = axis_list(config.get("axis", -1))
         self.epsilon = float(config.get("epsilon", 1e-3))
@@ -124,6 +126,8 @@ class LayerNormalization(Layer):
     `_layer_normalization`).
     """
 
+    supports_masking = True
+
     def setup(self, config):
         axes = axis_list(config.get("axis", -1))
         # Keras 3 sorts the raw values (negatives first); tf_keras keeps the given order.
@@ -152,6 +156,8 @@ class LayerNormalization(Layer):
 
 class GroupNormalization(Layer):
     """Channels along `axis` split into `groups` contiguous groups, each normalized per example."""
+
+    supports_masking = True
 
     def setup(self, config):
         self.groups = int(config.get("groups", 32))
@@ -193,6 +199,8 @@ class UnitNormalization(Layer):
     tf_keras floors the *squared* norm at 1e-12 (`tf.linalg.l2_normalize`),
     i.e. caps the inverse norm at 1e6.
     """
+
+    supports_masking = True
 
     def setup(self, config):
         self.axes = axis_list(config.get("axis", -1))
