@@ -115,7 +115,71 @@ def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
         if layer.model is not None:
             assign_weights(layer.model, group, path)
             continue
-        layer.weights = _read_vars(child(group, "vars"), f"{layer.name}", path)
+        layer.weights = _layer_weights(group, layer.class_name, layer.config, layer.name, path)
+
+
+RNN_CLASSES = {
+    "RNN",
+    "SimpleRNN",
+    "LSTM",
+    "GRU",
+    "ConvLSTM1D",
+    "ConvLSTM2D",
+    "ConvLSTM3D",
+}
+ATTENTION_PARTS = ("query_dense", "key_dense", "value_dense", "output_dense")
+
+
+def _layer_weights(group, class_name: str, config: dict, name: str, path: str) -> list:
+    """A layer's variables in Keras' `layer.weights` order, the order legacy .h5 keeps.
+
+    Layers made of sub-layers (RNN cells, wrappers, attention projections) store
+    each part in its own group, named after the attribute holding it; Keras lists
+    the parts' variables after the layer's own, in the order given here.
+    """
+    weights = _read_vars(child(group, "vars"), name, path)
+    for key, part_class, part_config in _parts(group, class_name, config):
+        part = child(group, key)
+        if isinstance(part, h5py.Group):
+            weights += _layer_weights(part, part_class, part_config, name, path)
+    return weights
+
+
+def _parts(group, class_name: str, config: dict) -> list[tuple[str, str, dict]]:
+    """(group key, class name, config) of each sub-layer, in Keras' weight order."""
+
+    def entry(value):
+        value = value if isinstance(value, dict) else {}
+        return value.get("class_name", ""), value.get("config") or {}
+
+    if class_name == "Bidirectional":
+        forward = entry(config.get("layer"))
+        backward = entry(config.get("backward_layer")) if config.get("backward_layer") else forward
+        return [("forward_layer", *forward), ("backward_layer", *backward)]
+    if class_name == "TimeDistributed":
+        return [("layer", *entry(config.get("layer")))]
+    if class_name in RNN_CLASSES:
+        cell = entry(config.get("cell")) if class_name == "RNN" else ("", {})
+        return [("cell", *cell)]
+    if class_name == "StackedRNNCells":
+        cells = [entry(c) for c in config.get("cells") or []]
+        keys = _list_keys([c[0] for c in cells])
+        return [(f"cells/{key}", *cell) for key, cell in zip(keys, cells)]
+    if class_name in ("MultiHeadAttention", "GroupedQueryAttention"):
+        return [(key if key in group else f"_{key}", "EinsumDense", {}) for key in ATTENTION_PARTS]
+    return []
+
+
+def _list_keys(class_names: list[str]) -> list[str]:
+    """Keras' group names for a list of objects: snake-case class, `_1`, `_2` on repeats."""
+    used: dict[str, int] = {}
+    keys = []
+    for class_name in class_names:
+        base = snake_case(class_name)
+        count = used.get(base)
+        used[base] = 0 if count is None else count + 1
+        keys.append(base if count is None else f"{base}_{count + 1}")
+    return keys
 
 
 def _saved_layers(spec: ModelSpec) -> list:
@@ -128,14 +192,7 @@ def _saved_layers(spec: ModelSpec) -> list:
 
 
 def _order_keys(spec: ModelSpec) -> list[str]:
-    used: dict[str, int] = {}
-    keys = []
-    for layer in _saved_layers(spec):
-        base = snake_case(layer.class_name)
-        count = used.get(base)
-        used[base] = 0 if count is None else count + 1
-        keys.append(base if count is None else f"{base}_{count + 1}")
-    return keys
+    return _list_keys([layer.class_name for layer in _saved_layers(spec)])
 
 
 def _groups_by_layer_name(groups: h5py.Group) -> dict[str, str]:
