@@ -1,0 +1,136 @@
+"""Run every keras.applications architecture through `kerascheck diff --layer-wise`.
+
+Each model is built with `weights=None` (nothing is downloaded), a small input
+where the architecture allows it and 10 classes, saved to `.keras`, then
+compared layer by layer with Keras 3 on seeded random inputs. One line per model:
+layers compared, status, the largest relative error over all layers, and times.
+
+    .venv/bin/python bench/zoo.py                 # the whole zoo (slow: tens of minutes)
+    .venv/bin/python bench/zoo.py --only ResNet50 MobileNetV3Small
+    .venv/bin/python bench/zoo.py --fast          # the subset that also runs in `make test`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# name -> (input size, kwargs); sizes are the smallest each architecture accepts
+# comfortably, so the whole zoo stays within a 2-core machine's patience.
+ZOO = {
+    "VGG16": (32, {}),
+    "VGG19": (32, {}),
+    "ResNet50": (32, {}),
+    "ResNet101": (32, {}),
+    "ResNet152": (32, {}),
+    "ResNet50V2": (32, {}),
+    "ResNet101V2": (32, {}),
+    "ResNet152V2": (32, {}),
+    "InceptionV3": (75, {}),
+    "InceptionResNetV2": (75, {}),
+    "Xception": (71, {}),
+    "MobileNet": (32, {}),
+    "MobileNetV2": (32, {}),
+    "MobileNetV3Small": (32, {}),
+    "MobileNetV3Large": (32, {}),
+    "DenseNet121": (32, {}),
+    "DenseNet169": (32, {}),
+    "DenseNet201": (32, {}),
+    "NASNetMobile": (32, {}),
+    "NASNetLarge": (32, {}),
+    **{f"EfficientNetB{i}": (32, {}) for i in range(8)},
+    **{f"EfficientNetV2B{i}": (32, {}) for i in range(4)},
+    "EfficientNetV2S": (32, {}),
+    "EfficientNetV2M": (32, {}),
+    "EfficientNetV2L": (32, {}),
+    "ConvNeXtTiny": (32, {}),
+    "ConvNeXtSmall": (32, {}),
+    "ConvNeXtBase": (32, {}),
+    "ConvNeXtLarge": (32, {}),
+    "ConvNeXtXLarge": (32, {}),
+}
+FAST = (
+    "MobileNetV3Small",
+    "EfficientNetB0",
+    "ResNet50V2",
+    "DenseNet121",
+    "ConvNeXtTiny",
+    "InceptionResNetV2",
+)
+
+
+def build(name: str, path: str) -> None:
+    import keras
+
+    size, kwargs = ZOO[name]
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3), classes=10, **kwargs
+    )
+    model.save(path)
+
+
+def check(name: str, workdir: str, seed: int = 0) -> dict:
+    """Build, save, and diff one architecture; returns the figures of its line."""
+    import kerascheck
+    from kerascheck.diff import diff_model
+    from kerascheck.inputs import random_inputs
+
+    path = os.path.join(workdir, f"{name}.keras")
+    start = time.perf_counter()
+    build(name, path)
+    built = time.perf_counter() - start
+    model = kerascheck.load(path)
+    inputs = random_inputs(model.spec, batch=1, seed=seed)
+    result = diff_model(path, model, inputs, layer_wise=True)
+    rows = result.comparison.layers
+    os.remove(path)
+    return {
+        "name": name,
+        "layers": len(rows),
+        "status": result.status,
+        "first_divergence": result.comparison.first_divergence,
+        "max_rel": max((r.max_rel_diff or 0.0) for r in rows),
+        "build_s": built,
+        "engine_s": result.engine_seconds,
+        "keras_s": result.keras_seconds,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="architectures to run (default: all)")
+    parser.add_argument("--fast", action="store_true", help="only the make-test subset")
+    args = parser.parse_args()
+    names = args.only or (list(FAST) if args.fast else list(ZOO))
+    print(
+        f"{'model':<20} {'layers':>6} {'status':<9} {'max rel err':>11} {'build s':>8} "
+        f"{'engine s':>9} {'keras s':>8}  first divergence"
+    )
+    failures = 0
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in names:
+            try:
+                r = check(name, workdir)
+            except Exception as exc:  # one broken architecture must not hide the others
+                failures += 1
+                print(f"{name:<20} {'-':>6} {'error':<9} {type(exc).__name__}: {exc}"[:300])
+                continue
+            failures += r["status"] != "match"
+            print(
+                f"{r['name']:<20} {r['layers']:>6} {r['status']:<9} {r['max_rel']:>11.2e} "
+                f"{r['build_s']:>8.1f} {r['engine_s']:>9.2f} {r['keras_s']:>8.2f}  "
+                f"{r['first_divergence'] or ''}",
+                flush=True,
+            )
+    print(f"{len(names) - failures} of {len(names)} architectures match")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
