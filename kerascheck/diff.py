@@ -9,7 +9,7 @@ import numpy as np
 
 from .compare import Comparison, Tolerance, compare_runs
 from .engine.model import EngineModel
-from .oracle import choose_flavor, run_keras
+from .oracle import choose_oracle, run_keras
 
 # Keras' whole-model output and its layer-by-layer replay use identical kernels;
 # anything above this means kerascheck read the graph differently from Keras.
@@ -21,6 +21,7 @@ class DiffResult:
     model_path: str
     keras_version: str
     oracle: str
+    oracle_reason: str
     oracle_version: str
     comparison: Comparison
     layer_wise: bool
@@ -45,7 +46,7 @@ def diff_model(
 ) -> DiffResult:
     tolerance = tolerance or Tolerance()
     spec = model.spec
-    flavor = choose_flavor(spec, oracle)
+    flavor, why = choose_oracle(spec, oracle)
     start = time.perf_counter()
     if layer_wise:
         ours = model.run(inputs, batch_size=batch_size)
@@ -65,6 +66,7 @@ def diff_model(
         model_path=path,
         keras_version=spec.keras_version,
         oracle=flavor,
+        oracle_reason=why,
         oracle_version=keras.version,
         comparison=comparison,
         layer_wise=layer_wise,

@@ -332,3 +332,21 @@ def test_diff_without_tensorflow_is_a_clean_error():
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: the Keras oracle needs 'keras' installed")
+
+
+def test_keras2_file_keras3_cannot_load_runs_in_tf_keras(tmp_path):
+    """A Keras 2 DepthwiseConv2D config (with `groups`) does not load in Keras 3."""
+    tf_keras = keras_module("tf_keras")
+    model = tf_keras.Sequential(
+        [tf_keras.Input((8, 8, 3)), tf_keras.layers.DepthwiseConv2D(3, depth_multiplier=2)]
+    )
+    randomize_weights(model)
+    path = tmp_path / "depthwise_keras2.h5"
+    model.save(path)
+    report = tmp_path / "report.json"
+    result = run("diff", path, "--layer-wise", "--json", report)
+    assert result.exit_code == 0, result.output
+    oracle = json.loads(report.read_text())["oracle"]
+    assert oracle["name"] == "tf_keras" and "Keras 3 cannot load" in oracle["reason"]
+    forced = run("diff", path, "--oracle", "keras")
+    assert_clean_error(forced, "keras 3", "cannot load", "DepthwiseConv2D")

@@ -37,11 +37,21 @@ class OracleResult:
 
 
 def choose_flavor(spec: ModelSpec, override: str | None = None) -> str:
+    return choose_oracle(spec, override)[0]
+
+
+def choose_oracle(spec: ModelSpec, override: str | None = None) -> tuple[str, str]:
+    """(flavor, why): the Keras that saved the file runs it, unless the user says otherwise."""
     if override:
         if override not in FLAVORS:
             raise KerascheckError(f"--oracle must be one of {FLAVORS}, found '{override}'")
-        return override
-    return "tf_keras" if spec.keras_major < 3 else "keras"
+        return override, f"--oracle {override}"
+    if spec.keras_major < 3:
+        return "tf_keras", (
+            f"saved by Keras {spec.keras_version}: run in tf_keras, since Keras 3 cannot load "
+            "many Keras 2 files and differs in semantics such as hard_sigmoid"
+        )
+    return "keras", f"saved by Keras {spec.keras_version}"
 
 
 @contextlib.contextmanager

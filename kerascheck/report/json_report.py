@@ -16,7 +16,11 @@ def diff_report(result: DiffResult) -> dict:
         "schema": SCHEMA_VERSION,
         "model": result.model_path,
         "keras_version": result.keras_version,
-        "oracle": {"name": result.oracle, "version": result.oracle_version},
+        "oracle": {
+            "name": result.oracle,
+            "version": result.oracle_version,
+            "reason": result.oracle_reason,
+        },
         "status": comparison.status,
         "layer_wise": result.layer_wise,
         "tolerance": {"atol": comparison.tolerance.atol, "rtol": comparison.tolerance.rtol},

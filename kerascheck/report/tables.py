@@ -84,7 +84,11 @@ def diff_table(result: DiffResult) -> Group:
             )
         )
     lines.append(
-        Text(f"engine {result.engine_seconds:.3f}s, keras {result.keras_seconds:.3f}s", style="dim")
+        Text(
+            f"oracle {result.oracle}: {result.oracle_reason}; engine {result.engine_seconds:.3f}s, "
+            f"keras {result.keras_seconds:.3f}s",
+            style="dim",
+        )
     )
     return Group(*lines)
 
