@@ -22,7 +22,7 @@ EXIT_MATCH, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
 
 def _console() -> Console:
-    return Console(width=max(100, Console().width), highlight=False)
+    return Console(width=max(120, Console().width), highlight=False)
 
 
 def friendly_errors(command):

@@ -1,4 +1,4 @@
-"""Compare two runs ({call name: array}) layer by layer; a pure function of its inputs.
+"""Compare two runs ({call name: array}) layer by layer; pure functions of their inputs.
 
 Tolerance policy: a layer call agrees when
 
@@ -9,10 +9,14 @@ element (elements near zero would make element-wise relative error explode).
 Defaults atol=1e-5, rtol=1e-4: float32 reordering noise stays around 1e-7 to
 1e-6 of the magnitude even after 50+ layers, while a single element that is off
 by 1% of the layer's largest value exceeds 1e-4 by a factor of 100.
+
+Statistics accumulate batch by batch (`ErrorStats.update`), so a run streamed
+in chunks reports exactly what one big batch would.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +29,24 @@ DEFAULT_RTOL = 1e-4
 class Tolerance:
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+
+    def allows(self, max_abs: float, scale: float) -> bool:
+        return max_abs <= self.atol + self.rtol * scale
+
+
+@dataclass(frozen=True)
+class TolerancePolicy:
+    """A default tolerance plus overrides matched (glob) against layer name or class."""
+
+    default: Tolerance = field(default_factory=Tolerance)
+    overrides: tuple[tuple[str, Tolerance], ...] = ()
+
+    def for_layer(self, name: str, class_name: str) -> Tolerance:
+        base = name.split("#")[0]
+        for pattern, tolerance in self.overrides:
+            if any(fnmatch.fnmatchcase(v, pattern) for v in (name, base, class_name)):
+                return tolerance
+        return self.default
 
 
 @dataclass
@@ -40,6 +62,13 @@ class LayerDiff:
     engine_value: float | None = None
     keras_value: float | None = None
     reason: str | None = None
+    rms_diff: float | None = None
+    cosine_similarity: float | None = None
+    nonfinite: dict | None = None  # NaN/Inf counts on each side
+    passing_rtol: float | None = None  # smallest rtol (with this atol) that passes
+    tolerance: dict | None = None
+    own: dict | None = None  # the layer's own error: fed Keras' inputs
+    float64: dict | None = None  # errors of both sides against a float64 engine run
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "reason"}
@@ -56,79 +85,149 @@ class Comparison:
 
     @property
     def first_divergence(self) -> str | None:
+        """The first call, in execution order, whose *own* error is out of tolerance.
+
+        A bad layer makes every later layer's carried error large too; its own
+        error (fed Keras' inputs) singles it out. Without own errors (outputs
+        only), the first carried divergence.
+        """
+        own = [r for r in self.layers if r.own is not None]
+        if own:
+            found = next((r.name for r in own if r.own["status"] == "mismatch"), None)
+            if found is not None:
+                return found
         return next((r.name for r in self.layers if r.status == "mismatch"), None)
 
 
-def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> LayerDiff:
-    """Statistics for one layer call; several outputs are compared as one."""
-    if isinstance(theirs, (list, tuple)) or isinstance(ours, (list, tuple)):
+class ErrorStats:
+    """Running error statistics of one output tensor of one layer call."""
+
+    def __init__(self):
+        self.shape: tuple | None = None
+        self.shape_error: str | None = None
+        self.count = 0
+        self.max_abs = -1.0
+        self.worst = None  # (index, engine value, keras value)
+        self.sum_abs = self.sum_sq = 0.0
+        self.dot = self.norm_ours = self.norm_theirs = 0.0
+        self.scale = 0.0
+        self.nonfinite = {"nan_engine": 0, "nan_keras": 0, "inf_engine": 0, "inf_keras": 0}
+        self.nonfinite_mismatch = 0
+        self.first_bad = None
+
+    def update(self, ours, theirs, offset: int = 0) -> None:
+        ours, theirs = np.asarray(ours), np.asarray(theirs)
+        shape = tuple(theirs.shape)
+        if ours.shape != theirs.shape:
+            self.shape_error = f"engine output shape {list(ours.shape)} != Keras {list(shape)}"
+            self.shape = shape
+            return
+        self.shape = shape if self.shape is None else (self.shape[0] + shape[0], *shape[1:])
+        if theirs.size == 0:
+            return
+        a, b = ours.astype(np.float64), theirs.astype(np.float64)
+        for side, x in (("engine", a), ("keras", b)):
+            self.nonfinite[f"nan_{side}"] += int(np.isnan(x).sum())
+            self.nonfinite[f"inf_{side}"] += int(np.isinf(x).sum())
+        finite = np.isfinite(a) & np.isfinite(b)
+        differs = ~finite & ~(np.isnan(a) & np.isnan(b)) & (a != b)
+        if np.any(differs):
+            self.nonfinite_mismatch += int(differs.sum())
+            if self.first_bad is None:
+                index = np.unravel_index(np.argmax(differs), a.shape)
+                self.first_bad = (_shift(index, offset), float(a[index]), float(b[index]))
+        diff = np.where(finite, np.abs(a - b), 0.0)
+        index = np.unravel_index(np.argmax(diff), diff.shape)
+        if diff[index] > self.max_abs:
+            self.max_abs = float(diff[index])
+            self.worst = (_shift(index, offset), float(a[index]), float(b[index]))
+        a0, b0 = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
+        self.count += diff.size
+        self.sum_abs += float(diff.sum())
+        self.sum_sq += float(np.square(diff).sum())
+        self.dot += float(np.sum(a0 * b0))
+        self.norm_ours += float(np.sum(a0 * a0))
+        self.norm_theirs += float(np.sum(b0 * b0))
+        self.scale = max(self.scale, float(np.max(np.abs(b0))))
+
+    def finish(self, name: str, class_name: str, tolerance: Tolerance) -> LayerDiff:
+        shape = list(self.shape or [])
+        if self.shape_error:
+            return LayerDiff(name, class_name, shape, "mismatch", reason=self.shape_error)
+        if self.count == 0 and not self.nonfinite_mismatch:
+            return LayerDiff(name, class_name, shape, "match", 0.0, 0.0, 0.0)
+        max_abs = max(self.max_abs, 0.0)
+        scale = self.scale
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+        norms = np.sqrt(self.norm_ours * self.norm_theirs)
+        cosine = self.dot / norms if norms > 0 else (1.0 if self.norm_ours == 0 else 0.0)
+        row = LayerDiff(
+            name,
+            class_name,
+            shape,
+            "match",
+            max_abs_diff=max_abs,
+            max_rel_diff=max_rel,
+            mean_abs_diff=self.sum_abs / max(self.count, 1),
+            rms_diff=float(np.sqrt(self.sum_sq / max(self.count, 1))),
+            cosine_similarity=float(cosine),
+            nonfinite=dict(self.nonfinite),
+            passing_rtol=max(0.0, (max_abs - tolerance.atol) / scale) if scale > 0 else None,
+        )
+        if self.worst is not None:
+            row.worst_index, row.engine_value, row.keras_value = self.worst
+        if self.nonfinite_mismatch:
+            row.status = "mismatch"
+            row.worst_index, row.engine_value, row.keras_value = self.first_bad
+            row.max_abs_diff = row.max_rel_diff = float("inf")
+            row.passing_rtol = None
+            row.reason = (
+                f"non-finite values differ ({self.nonfinite_mismatch} elements with NaN/Inf "
+                "on one side only or of different sign)"
+            )
+        elif not tolerance.allows(max_abs, scale):
+            row.status = "mismatch"
+        return row
+
+
+def _shift(index, offset: int) -> list[int]:
+    return [int(index[0]) + offset, *(int(i) for i in index[1:])]
+
+
+class CallStats:
+    """Error statistics of one layer call, over all its outputs and all batches."""
+
+    def __init__(self):
+        self.parts: list[ErrorStats] | None = None
+        self.count_error: str | None = None
+
+    def update(self, ours, theirs, offset: int = 0) -> None:
         ours_list = list(ours) if isinstance(ours, (list, tuple)) else [ours]
         theirs_list = list(theirs) if isinstance(theirs, (list, tuple)) else [theirs]
         if len(ours_list) != len(theirs_list):
-            return LayerDiff(
-                name,
-                class_name,
-                [],
-                "mismatch",
-                reason=f"engine gives {len(ours_list)} outputs, Keras {len(theirs_list)}",
-            )
-        parts = [
-            compare_arrays(name, class_name, a, b, tolerance)
-            for a, b in zip(ours_list, theirs_list)
-        ]
-        worst = max(parts, key=lambda p: (p.status == "mismatch", p.max_abs_diff or 0.0))
-        worst.output_shape = [p.output_shape for p in parts]
+            self.count_error = f"engine gives {len(ours_list)} outputs, Keras {len(theirs_list)}"
+            return
+        if self.parts is None:
+            self.parts = [ErrorStats() for _ in theirs_list]
+        for stats, a, b in zip(self.parts, ours_list, theirs_list):
+            stats.update(a, b, offset)
+
+    def finish(self, name: str, class_name: str, tolerance: Tolerance) -> LayerDiff:
+        if self.count_error or not self.parts:
+            reason = self.count_error or "no output to compare"
+            return LayerDiff(name, class_name, [], "mismatch", reason=reason)
+        rows = [s.finish(name, class_name, tolerance) for s in self.parts]
+        worst = max(rows, key=lambda r: (r.status == "mismatch", r.max_rel_diff or 0.0))
+        if len(rows) > 1:
+            worst.output_shape = [r.output_shape for r in rows]
         return worst
-    ours, theirs = np.asarray(ours), np.asarray(theirs)
-    shape = list(theirs.shape)
-    if ours.shape != theirs.shape:
-        return LayerDiff(
-            name,
-            class_name,
-            shape,
-            "mismatch",
-            reason=f"engine output shape {list(ours.shape)} != Keras {shape}",
-        )
-    if theirs.size == 0:
-        return LayerDiff(name, class_name, shape, "match", 0.0, 0.0, 0.0)
-    a, b = ours.astype(np.float64), theirs.astype(np.float64)
-    finite = np.isfinite(a) & np.isfinite(b)
-    same_nan = np.isnan(a) & np.isnan(b)
-    differs = ~finite & ~same_nan & (a != b)
-    if np.any(differs):
-        index = np.unravel_index(np.argmax(differs), a.shape)
-        return LayerDiff(
-            name,
-            class_name,
-            shape,
-            "mismatch",
-            float("inf"),
-            float("inf"),
-            float("inf"),
-            [int(i) for i in index],
-            float(a[index]),
-            float(b[index]),
-            reason=f"non-finite values differ ({int(differs.sum())} elements with NaN/Inf "
-            "on one side only or of different sign)",
-        )
-    diff = np.where(finite, np.abs(a - b), 0.0)
-    worst = np.unravel_index(np.argmax(diff), diff.shape)
-    max_abs = float(diff[worst])
-    scale = float(np.max(np.abs(np.where(finite, b, 0.0))))
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    ok = max_abs <= tolerance.atol + tolerance.rtol * scale
-    return LayerDiff(
-        name,
-        class_name,
-        shape,
-        "match" if ok else "mismatch",
-        max_abs,
-        max_rel,
-        float(np.mean(diff)),
-        [int(i) for i in worst],
-        float(a[worst]),
-        float(b[worst]),
-    )
+
+
+def compare_arrays(name, class_name, ours, theirs, tolerance: Tolerance) -> LayerDiff:
+    """Statistics for one layer call computed in one piece."""
+    stats = CallStats()
+    stats.update(ours, theirs)
+    return stats.finish(name, class_name, tolerance)
 
 
 def compare_runs(

@@ -1,15 +1,33 @@
-"""Run the engine and Keras on the same inputs and compare them (the `diff` command's core)."""
+"""Run the engine and Keras on the same inputs and compare them (the `diff` command's core).
+
+For every layer call two errors are measured:
+
+- **carried**: the engine run end to end on its own values, compared with
+  Keras' output for that call (what a user of the whole model sees);
+- **own**: the engine's layer fed Keras' own inputs for that call (the layer's
+  own error, nothing carried in from earlier layers).
+
+A wrong layer makes every later layer's carried error large; its own error
+points at it alone, so `first_divergence` is the first call whose own error is
+out of tolerance. With `float64=True` the engine also runs in float64 as
+ground truth, and both float32 sides are measured against it.
+
+Inputs are processed in batches; statistics accumulate, so memory stays
+bounded by the batch size and the numbers equal a one-batch run.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .compare import Comparison, Tolerance, compare_runs
+from .compare import CallStats, Comparison, Tolerance, TolerancePolicy
 from .engine.model import EngineModel
-from .oracle import choose_oracle, run_keras
+from .loading.spec import ModelSpec
+from .oracle import KerasRunner, choose_oracle
 
 # Keras' whole-model output and its layer-by-layer replay use identical kernels;
 # anything above this means kerascheck read the graph differently from Keras.
@@ -29,6 +47,8 @@ class DiffResult:
     keras_seconds: float
     graph_check: float
     batch: int
+    batches: int = 1
+    float64: bool = False
 
     @property
     def status(self) -> str:
@@ -40,44 +60,112 @@ def diff_model(
     model: EngineModel,
     inputs: list[np.ndarray],
     layer_wise: bool = True,
-    tolerance: Tolerance | None = None,
+    tolerance: Tolerance | TolerancePolicy | None = None,
     oracle: str | None = None,
     batch_size: int | None = None,
+    float64: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DiffResult:
-    tolerance = tolerance or Tolerance()
+    policy = (
+        tolerance
+        if isinstance(tolerance, TolerancePolicy)
+        else TolerancePolicy(tolerance or Tolerance())
+    )
     spec = model.spec
     flavor, why = choose_oracle(spec, oracle)
-    start = time.perf_counter()
-    if layer_wise:
-        ours = model.run(inputs, batch_size=batch_size)
-    else:
-        outputs = model.predict(inputs, batch_size=batch_size)
-        ours = dict(zip(_output_rows(spec), outputs if isinstance(outputs, list) else [outputs]))
-    engine_seconds = time.perf_counter() - start
-    keras = run_keras(path, spec, inputs, flavor, keep=layer_wise, batch_size=batch_size)
-    if layer_wise:
-        theirs = keras.per_call
-        rows = [(call.name, spec.layers[call.layer].class_name) for call in spec.calls]
-    else:
-        theirs = dict(zip(_output_rows(spec), keras.outputs))
-        rows = [(name, "output") for name in _output_rows(spec)]
-    comparison = compare_runs(ours, theirs, rows, tolerance)
+    runner = KerasRunner(path, spec, flavor)
+    reference = EngineModel(spec, dtype="float64") if float64 else None
+    rows = _rows(spec, layer_wise)
+    carried = {name: CallStats() for name, _ in rows}
+    own = {name: CallStats() for name, _ in rows} if layer_wise else None
+    truth = {name: (CallStats(), CallStats()) for name, _ in rows} if float64 else None
+    total = int(inputs[0].shape[0])
+    step = batch_size or total or 1
+    starts = list(range(0, max(total, 1), step))
+    engine_seconds, graph_check = 0.0, 0.0
+    for number, offset in enumerate(starts):
+        batch = [np.asarray(a[offset : offset + step]) for a in inputs]
+        start = time.perf_counter()
+        ours, ours_masks = _engine_batch(model, batch, layer_wise)
+        engine_seconds += time.perf_counter() - start
+        keras_outputs, keras_calls, check = runner.run_batch(batch, keep=layer_wise)
+        graph_check = max(graph_check, check)
+        theirs = keras_calls if layer_wise else dict(zip(_output_names(spec), keras_outputs))
+        for name, _ in rows:
+            carried[name].update(ours[name], theirs[name], offset)
+        if own is not None:
+            for name, value in _own_outputs(model, spec, batch, keras_calls, ours_masks).items():
+                own[name].update(value, theirs[name], offset)
+        if truth is not None:
+            exact, _ = _engine_batch(reference, batch, layer_wise)
+            for name, _ in rows:
+                truth[name][0].update(theirs[name], exact[name], offset)
+                truth[name][1].update(ours[name], exact[name], offset)
+        if progress is not None:
+            progress(number + 1, len(starts))
+    comparison = Comparison(tolerance=policy.default)
+    for name, class_name in rows:
+        tol = policy.for_layer(name, class_name)
+        row = carried[name].finish(name, class_name, tol)
+        if tol != policy.default:
+            row.tolerance = {"atol": tol.atol, "rtol": tol.rtol}
+        if own is not None:
+            mine = own[name].finish(name, class_name, tol)
+            row.own = {
+                "status": mine.status,
+                "max_abs_diff": mine.max_abs_diff,
+                "max_rel_diff": mine.max_rel_diff,
+                "worst_index": mine.worst_index,
+                "reason": mine.reason,
+            }
+        if truth is not None:
+            keras_err, engine_err = (s.finish(name, class_name, tol) for s in truth[name])
+            row.float64 = {
+                "keras_max_rel_diff": keras_err.max_rel_diff,
+                "engine_max_rel_diff": engine_err.max_rel_diff,
+            }
+        comparison.layers.append(row)
     return DiffResult(
         model_path=path,
         keras_version=spec.keras_version,
         oracle=flavor,
         oracle_reason=why,
-        oracle_version=keras.version,
+        oracle_version=runner.version,
         comparison=comparison,
         layer_wise=layer_wise,
         engine_seconds=engine_seconds,
-        keras_seconds=keras.seconds,
-        graph_check=keras.graph_check,
-        batch=int(inputs[0].shape[0]),
+        keras_seconds=runner.seconds,
+        graph_check=graph_check,
+        batch=total,
+        batches=len(starts),
+        float64=float64,
     )
 
 
-def _output_rows(spec) -> list[str]:
+def _rows(spec: ModelSpec, layer_wise: bool) -> list[tuple[str, str]]:
+    if layer_wise:
+        return [(call.name, spec.layers[call.layer].class_name) for call in spec.calls]
+    return [(name, "output") for name in _output_names(spec)]
+
+
+def _engine_batch(model: EngineModel, batch: list[np.ndarray], layer_wise: bool):
+    """({row name: output}, masks) of one engine batch."""
+    arrays = [np.asarray(a, dtype=model.context.dtype) if a.dtype.kind == "f" else a for a in batch]
+    outputs, per_call = model.graph.run(arrays, keep=layer_wise)
+    if layer_wise:
+        return per_call, model.graph.masks
+    return dict(zip(_output_names(model.spec), outputs)), {}
+
+
+def _own_outputs(model, spec, batch, keras_calls: dict, masks: dict) -> dict:
+    """Each call computed by the engine from Keras' own values of its inputs."""
+    values = {(i.name, 0): a for i, a in zip(spec.inputs, batch)}
+    for call in spec.calls:
+        values[(call.layer, call.index)] = keras_calls[call.name]
+    return {call.name: model.graph.run_call(call, values, masks)[0] for call in spec.calls}
+
+
+def _output_names(spec) -> list[str]:
     names = []
     for ref in spec.outputs:
         name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"

@@ -278,10 +278,13 @@ def test_missing_input_file(files):
 
 def test_unsupported_layer_lists_supported_classes(tmp_path):
     keras = keras_module("keras")
-    model = keras.Sequential([keras.Input((4, 3)), keras.layers.LSTM(2, name="recurrent")])
-    path = tmp_path / "lstm.keras"
+    wrapped = keras.layers.SpectralNormalization(keras.layers.Dense(2), name="wrapped")
+    model = keras.Sequential([keras.Input((4, 3)), wrapped])
+    path = tmp_path / "spectral.keras"
     model.save(path)
-    assert_clean_error(run("summary", path), "recurrent", "LSTM", "supported classes", "Dense")
+    assert_clean_error(
+        run("summary", path), "wrapped", "SpectralNormalization", "supported classes", "Dense"
+    )
 
 
 BLOCK_TENSORFLOW = """

@@ -57,6 +57,7 @@ class Graph:
                     masks.pop(key, None)
         outputs = [_pick(values, ref) for ref in self.spec.outputs]
         self.output_masks = [_pick(masks, ref) for ref in self.spec.outputs]
+        self.masks = masks if keep else {}
         return outputs, per_call
 
     def run_call(self, call: CallSpec, values: dict, masks: dict | None = None):

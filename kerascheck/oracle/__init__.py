@@ -103,6 +103,25 @@ def load_keras_model(path: str, flavor: str):
         )
 
 
+class KerasRunner:
+    """A model loaded once in the chosen Keras, run batch by batch."""
+
+    def __init__(self, path: str, spec: ModelSpec, flavor: str):
+        self.module = _import(flavor)
+        self.flavor = flavor
+        self.version = self.module.__version__
+        self.spec = spec
+        self.model = load_keras_model(path, flavor)
+        self.seconds = 0.0
+
+    def run_batch(self, arrays: list[np.ndarray], keep: bool = True):
+        """(model outputs, {call name: output}, graph check) for one batch."""
+        start = time.perf_counter()
+        result = _run_batch(self.model, self.spec, arrays, keep)
+        self.seconds += time.perf_counter() - start
+        return result
+
+
 def run_keras(
     path: str,
     spec: ModelSpec,
@@ -112,16 +131,13 @@ def run_keras(
     batch_size: int | None = None,
 ) -> OracleResult:
     """Every call's output from Keras itself (and the model outputs)."""
-    module = _import(flavor)
-    model = load_keras_model(path, flavor)
-    start = time.perf_counter()
+    runner = KerasRunner(path, spec, flavor)
     total = inputs[0].shape[0]
     step = batch_size or total or 1
     pieces = [
-        _run_batch(model, spec, [a[i : i + step] for a in inputs], keep)
+        runner.run_batch([np.asarray(a[i : i + step]) for a in inputs], keep)
         for i in range(0, max(total, 1), step)
     ]
-    seconds = time.perf_counter() - start
     outputs = [np.concatenate(parts) for parts in zip(*(p[0] for p in pieces))]
     per_call = {}
     if keep:
@@ -129,11 +145,11 @@ def run_keras(
             per_call[name] = _concat([p[1][name] for p in pieces])
     return OracleResult(
         flavor=flavor,
-        version=module.__version__,
+        version=runner.version,
         outputs=outputs,
         per_call=per_call,
         graph_check=max(p[2] for p in pieces),
-        seconds=seconds,
+        seconds=runner.seconds,
     )
 
 
@@ -151,7 +167,7 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
         first = [tensor(ref) for ref in call.inputs]
         args = resolve(call.args, tensor)
         kwargs = resolve(call.kwargs, tensor)
-        layer = model.get_layer(call.layer)
+        layer = _layer(model, call.layer)
         try:
             output = layer(first if call.as_list else first[0], *args, **kwargs)
         except Exception as exc:
@@ -174,6 +190,13 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
         for a, b in zip(whole, stepwise)
     )
     return whole, per_call, check
+
+
+def _layer(model, name: str):
+    """A layer of the model or, in Keras 3, an operation node (the `not_equal` that
+    computes an Embedding's mask for a layer taking `mask`), which `get_layer` omits."""
+    operations = {op.name: op for op in getattr(model, "operations", [])}
+    return operations[name] if name in operations else model.get_layer(name)
 
 
 def _numpy(value):

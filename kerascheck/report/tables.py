@@ -25,37 +25,46 @@ def _shape(shape) -> str:
 STATUS_STYLE = {"match": "green", "mismatch": "red", "skipped": "yellow"}
 
 
+def _own_style(own: dict) -> str:
+    return "red" if own.get("status") == "mismatch" else ""
+
+
 def diff_table(result: DiffResult) -> Group:
     comparison = result.comparison
-    tol = comparison.tolerance
     title = (
         f"{result.model_path}: engine vs {result.oracle} {result.oracle_version} "
         f"(saved by Keras {result.keras_version}), batch {result.batch}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right", style="dim")
-    table.add_column("layer")
-    table.add_column("class")
-    table.add_column("output shape")
-    table.add_column("max abs diff", justify="right")
-    table.add_column("max rel diff", justify="right")
+    table.add_column("layer", no_wrap=True)
+    table.add_column("class", no_wrap=True)
+    table.add_column("output shape", no_wrap=True)
+    has_own = any(r.own is not None for r in comparison.layers)
+    if has_own:
+        table.add_column("own rel", justify="right")
+    table.add_column("carried abs", justify="right")
+    table.add_column("carried rel", justify="right")
+    if result.float64:
+        table.add_column("keras vs f64", justify="right")
+        table.add_column("engine vs f64", justify="right")
     table.add_column("status")
     first = comparison.first_divergence
     for index, row in enumerate(comparison.layers):
         style = "bold red reverse" if row.name == first else None
-        status = Text(row.status, style=STATUS_STYLE[row.status])
-        table.add_row(
-            str(index),
-            row.name,
-            row.class_name,
-            _shape(row.output_shape),
-            _num(row.max_abs_diff),
-            _num(row.max_rel_diff),
-            status,
-            style=style,
-        )
+        cells = [str(index), row.name, row.class_name, _shape(row.output_shape)]
+        if has_own:
+            own = row.own or {}
+            cells.append(Text(_num(own.get("max_rel_diff")), style=_own_style(own)))
+        cells += [_num(row.max_abs_diff), _num(row.max_rel_diff)]
+        if result.float64:
+            exact = row.float64 or {}
+            cells += [_num(exact.get("keras_max_rel_diff")), _num(exact.get("engine_max_rel_diff"))]
+        cells.append(Text(row.status, style=STATUS_STYLE[row.status]))
+        table.add_row(*cells, style=style)
     lines = [table]
     verdict = Text()
+    tol = comparison.tolerance
     if comparison.status == "match":
         verdict.append("MATCH", style="bold green")
         verdict.append(
@@ -67,6 +76,8 @@ def diff_table(result: DiffResult) -> Group:
         verdict.append(f": {count} of {len(comparison.layers)} outputs out of tolerance; ")
         verdict.append(f"first divergence at '{first}'", style="bold")
         row = next(r for r in comparison.layers if r.name == first)
+        if row.own is not None and row.own["status"] == "mismatch":
+            verdict.append(" (its own error, fed Keras' inputs, is out of tolerance)")
         if row.reason:
             verdict.append(f" ({row.reason})")
         elif row.worst_index is not None:
