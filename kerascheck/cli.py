@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 import click
 import numpy as np
 from rich.console import Console
 
 from . import __version__
-from .compare import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import KerascheckError
 
 EXIT_MATCH, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
@@ -58,15 +59,23 @@ def _load(model_path: str):
     return EngineModel(read_model(model_path))
 
 
-def _inputs(model, input_path, seed, batch):
+def _inputs(model, input_path, seed, batch, layout="channels_last"):
     from .inputs import random_inputs, read_inputs
 
     if input_path:
-        return read_inputs(input_path, model.spec)
+        return read_inputs(input_path, model.spec, layout=layout)
     return random_inputs(model.spec, batch=batch, seed=seed)
 
 
 def input_options(command):
+    command = click.option(
+        "--input-layout",
+        type=click.Choice(["channels_last", "channels_first"]),
+        default="channels_last",
+        show_default=True,
+        help="channels_first: INPUT arrays are (N, C, ...) and are moved to the model's "
+        "channels-last layout.",
+    )(command)
     command = click.option(
         "--seed",
         default=0,
@@ -123,12 +132,12 @@ def main():
 @ORACLE_OPTION
 @input_options
 @friendly_errors
-def predict(model_path, input_path, engine, output, oracle, seed, batch, batch_size):
+def predict(model_path, input_path, engine, output, oracle, seed, batch, batch_size, input_layout):
     """Print (and optionally save) the model's predictions for INPUT (.npy/.npz)."""
     from .report.tables import predictions_view
 
     model = _load(model_path)
-    inputs = _inputs(model, input_path, seed, batch)
+    inputs = _inputs(model, input_path, seed, batch, input_layout)
     if engine == "numpy":
         outputs = model.predict(inputs, batch_size=batch_size)
         outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -167,62 +176,279 @@ def _unique(names: list[str], index: int) -> str:
     return name if names.count(name) == 1 else f"{name}_{index}"
 
 
+def tolerance_options(command):
+    """--atol/--rtol/--layer-tol/--config: the tolerance policy (see kerascheck/settings.py)."""
+    options = [
+        click.option(
+            "--atol",
+            type=click.FloatRange(0),
+            default=None,
+            help=f"Absolute tolerance [default: {DEFAULT_ATOL:g}].",
+        ),
+        click.option(
+            "--rtol",
+            type=click.FloatRange(0),
+            default=None,
+            help="Tolerance relative to each layer's largest |Keras output| "
+            f"[default: {DEFAULT_RTOL:g}].",
+        ),
+        click.option(
+            "--layer-tol",
+            multiple=True,
+            metavar="PATTERN:rtol=R[,atol=A]",
+            help="Per-layer tolerance; PATTERN globs a layer name or class. Repeatable.",
+        ),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="TOML settings file (default: ./kerascheck.toml or "
+            "[tool.kerascheck] in ./pyproject.toml).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def report_options(command):
+    options = [
+        click.option(
+            "--json",
+            "json_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write a JSON report (schema 1) to this path.",
+        ),
+        click.option(
+            "--junit",
+            "junit_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write JUnit XML (one testcase per layer call) to this path.",
+        ),
+        click.option(
+            "--markdown",
+            "markdown_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write a Markdown summary (for a CI job page).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _write(path: str | None, text: str) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def _progress():
+    """A progress bar on stderr for runs of several batches; silent otherwise."""
+    from rich.progress import Progress
+
+    progress = Progress(console=Console(stderr=True), transient=True)
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if total < 2:
+            return
+        if "task" not in state:
+            progress.start()
+            state["task"] = progress.add_task("batches", total=total)
+        progress.update(state["task"], completed=done)
+        if done >= total:
+            progress.stop()
+
+    return update
+
+
 @main.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("input_path", metavar="[INPUT]", required=False)
 @click.option("--layer-wise", is_flag=True, help="Compare every layer call, not only the outputs.")
+@tolerance_options
+@report_options
 @click.option(
-    "--atol",
-    type=click.FloatRange(0),
-    default=DEFAULT_ATOL,
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
     show_default=True,
-    help="Absolute tolerance.",
+    help="float64: also run the engine in float64 as ground truth for both sides.",
 )
 @click.option(
-    "--rtol",
-    type=click.FloatRange(0),
-    default=DEFAULT_RTOL,
-    show_default=True,
-    help="Tolerance relative to each layer's largest |Keras output|.",
-)
-@click.option(
-    "--json",
-    "json_path",
+    "--save-outputs",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write a JSON report (schema 1) to this path.",
+    help="Save every call's output from both sides to an .npz (keys keras/<layer>, numpy/<layer>).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Save a chart of own and carried error per layer (needs matplotlib).",
+)
+@click.option(
+    "--against",
+    "against_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Check YOUR per-layer outputs (.npz keyed by layer name) instead of the engine.",
+)
+@click.option(
+    "--against-layout",
+    type=click.Choice(["channels_last", "channels_first"]),
+    default="channels_last",
+    show_default=True,
+    help="Layout of the --against arrays; channels_first ones are transposed.",
+)
+@click.option(
+    "--reference",
+    type=click.Choice(["keras", "numpy"]),
+    default="keras",
+    show_default=True,
+    help="What --against arrays are compared with.",
 )
 @ORACLE_OPTION
 @input_options
 @friendly_errors
 def diff(
-    model_path, input_path, layer_wise, atol, rtol, json_path, oracle, seed, batch, batch_size
+    model_path,
+    input_path,
+    layer_wise,
+    atol,
+    rtol,
+    layer_tol,
+    config_path,
+    json_path,
+    junit_path,
+    markdown_path,
+    dtype,
+    save_outputs,
+    plot_path,
+    against_path,
+    against_layout,
+    reference,
+    oracle,
+    seed,
+    batch,
+    batch_size,
+    input_layout,
 ):
     """Run Keras and the NumPy engine on the same inputs and compare them.
 
     Exit code 0 when every compared output agrees within tolerance, 1 when one
     diverges, 2 when the check could not run.
     """
-    from .diff import diff_model
-    from .report.json_report import diff_report, dumps
+    from .settings import tolerance_policy
+
+    policy = tolerance_policy(atol, rtol, layer_tol, config_path)
+    model = _load(model_path)
+    inputs = _inputs(model, input_path, seed, batch, input_layout)
+    if against_path:
+        result = _against(
+            model_path, model, inputs, against_path, against_layout, reference, oracle, policy
+        )
+    else:
+        from .diff import diff_model
+
+        result = diff_model(
+            model_path,
+            model,
+            inputs,
+            layer_wise=layer_wise,
+            tolerance=policy,
+            oracle=oracle,
+            batch_size=batch_size,
+            float64=dtype == "float64",
+            progress=_progress(),
+            collect=save_outputs is not None,
+        )
+    _write_reports(result, json_path, junit_path, markdown_path, save_outputs, plot_path)
     from .report.tables import diff_table
 
-    model = _load(model_path)
-    inputs = _inputs(model, input_path, seed, batch)
-    result = diff_model(
-        model_path,
-        model,
-        inputs,
-        layer_wise=layer_wise,
-        tolerance=Tolerance(atol=atol, rtol=rtol),
-        oracle=oracle,
-        batch_size=batch_size,
-    )
-    if json_path:
-        with open(json_path, "w") as handle:
-            handle.write(dumps(diff_report(result)) + "\n")
     _console().print(diff_table(result))
     sys.exit(EXIT_MATCH if result.status == "match" else EXIT_MISMATCH)
+
+
+def _write_reports(result, json_path, junit_path, markdown_path, save_outputs, plot_path):
+    from .report.json_report import diff_report, dumps
+    from .report.junit import junit_xml
+    from .report.markdown import diff_markdown
+
+    _write(json_path, dumps(diff_report(result)) + "\n")
+    _write(junit_path, junit_xml([result]))
+    _write(markdown_path, diff_markdown(result))
+    if save_outputs:
+        if not save_outputs.endswith(".npz"):
+            raise KerascheckError(f"{save_outputs}: expected an .npz path for --save-outputs")
+        np.savez(save_outputs, **(result.outputs or {}))
+    if plot_path:
+        from .report.plot import error_plot
+
+        error_plot(result, plot_path)
+
+
+def _against(model_path, model, inputs, against_path, layout, reference, oracle, policy):
+    """`diff --against`: the user's arrays vs Keras (or the engine), with hints."""
+    from .against import compare_against, engine_alternatives
+    from .diff import DiffResult
+
+    mine = _read_arrays(against_path)
+    start = time.perf_counter()
+    ours, engine_calls = model.graph.run(inputs, keep=True)
+    masks = model.graph.masks
+    if reference == "numpy":
+        per_call, name, version, why = engine_calls, "numpy", "engine", "--reference numpy"
+    else:
+        from .oracle import KerasRunner, choose_oracle
+
+        flavor, why = choose_oracle(model.spec, oracle)
+        runner = KerasRunner(model_path, model.spec, flavor)
+        per_call = runner.run_batch(inputs, keep=True)[1]
+        name, version = flavor, runner.version
+    values = {(i.name, 0): a for i, a in zip(model.spec.inputs, inputs)}
+    for call in model.spec.calls:
+        values[(call.layer, call.index)] = per_call[call.name]
+    comparison = compare_against(
+        mine,
+        per_call,
+        model.spec,
+        policy,
+        layout,
+        engine_alternatives(model.graph, values, masks),
+    )
+    return DiffResult(
+        model_path=model_path,
+        keras_version=model.spec.keras_version,
+        oracle=name,
+        oracle_reason=why,
+        oracle_version=version,
+        comparison=comparison,
+        layer_wise=True,
+        engine_seconds=0.0,
+        keras_seconds=time.perf_counter() - start,
+        graph_check=0.0,
+        batch=int(inputs[0].shape[0]),
+        subject=f"your arrays ({against_path})",
+    )
+
+
+def _read_arrays(path: str) -> dict:
+    if not os.path.exists(path):
+        raise KerascheckError(f"{path}: no such file; expected an .npz of arrays keyed by layer")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if isinstance(data, np.ndarray):
+                raise KerascheckError(f"{path}: expected an .npz keyed by layer name, found .npy")
+            return {key: data[key] for key in data.files}
+    except (ValueError, OSError) as exc:
+        raise KerascheckError(f"{path}: expected an .npz of numeric arrays ({exc})")
 
 
 @main.command()

@@ -49,6 +49,8 @@ class DiffResult:
     batch: int
     batches: int = 1
     float64: bool = False
+    outputs: dict | None = None  # with collect=True: "keras/<call>", "numpy/<call>" arrays
+    subject: str = "engine"  # what was compared with Keras
 
     @property
     def status(self) -> str:
@@ -65,6 +67,7 @@ def diff_model(
     batch_size: int | None = None,
     float64: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    collect: bool = False,
 ) -> DiffResult:
     policy = (
         tolerance
@@ -83,6 +86,7 @@ def diff_model(
     step = batch_size or total or 1
     starts = list(range(0, max(total, 1), step))
     engine_seconds, graph_check = 0.0, 0.0
+    collected: dict[str, list] = {}
     for number, offset in enumerate(starts):
         batch = [np.asarray(a[offset : offset + step]) for a in inputs]
         start = time.perf_counter()
@@ -101,6 +105,10 @@ def diff_model(
             for name, _ in rows:
                 truth[name][0].update(theirs[name], exact[name], offset)
                 truth[name][1].update(ours[name], exact[name], offset)
+        if collect:
+            for name, _ in rows:
+                collected.setdefault(f"numpy/{name}", []).append(ours[name])
+                collected.setdefault(f"keras/{name}", []).append(theirs[name])
         if progress is not None:
             progress(number + 1, len(starts))
     comparison = Comparison(tolerance=policy.default)
@@ -139,7 +147,20 @@ def diff_model(
         batch=total,
         batches=len(starts),
         float64=float64,
+        outputs=_flatten_outputs(collected) if collect else None,
     )
+
+
+def _flatten_outputs(collected: dict[str, list]) -> dict[str, np.ndarray]:
+    """Concatenate batches; a call with several outputs gives `<key>:0`, `<key>:1`, ..."""
+    arrays = {}
+    for key, parts in collected.items():
+        if isinstance(parts[0], (list, tuple)):
+            for index, pieces in enumerate(zip(*parts)):
+                arrays[f"{key}:{index}"] = np.concatenate(pieces)
+        else:
+            arrays[key] = np.concatenate(parts)
+    return arrays
 
 
 def _rows(spec: ModelSpec, layer_wise: bool) -> list[tuple[str, str]]:

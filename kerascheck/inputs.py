@@ -32,19 +32,29 @@ def _describe_one(inp: InputSpec) -> str:
     return f"'{inp.name}' {shape_text(inp.shape)} {inp.dtype}"
 
 
-def check_inputs(spec: ModelSpec, x, dtype=np.float32) -> list[np.ndarray]:
+def check_inputs(
+    spec: ModelSpec, x, dtype=np.float32, layout: str = "channels_last"
+) -> list[np.ndarray]:
     """Return the inputs as a list of arrays in model-input order, or say what is wrong.
 
     Accepts one array (one-input models), a list/tuple in input order, or a dict
     keyed by input names. A single sample without its batch axis gets one.
+    `layout="channels_first"` moves axis 1 of inputs of rank 3+ last (NCHW -> NHWC).
     """
     arrays = _as_list(spec, x)
+    if layout == "channels_first":
+        arrays = [_channels_last(a) for a in arrays]
     checked = [_check_one(inp, array, dtype) for inp, array in zip(spec.inputs, arrays)]
     batches = [a.shape[0] for a in checked]
     if len(set(batches)) > 1:
         found = ", ".join(f"'{i.name}' {b}" for i, b in zip(spec.inputs, batches))
         raise KerascheckError(f"expected the same batch size for every input, found {found}")
     return checked
+
+
+def _channels_last(value):
+    array = np.asarray(value)
+    return np.moveaxis(array, 1, -1) if array.ndim >= 3 else array
 
 
 def _as_list(spec: ModelSpec, x) -> list:
@@ -84,7 +94,9 @@ def _check_one(inp: InputSpec, value, dtype) -> np.ndarray:
             f"expected a numeric array for input {_describe_one(inp)}, found data NumPy "
             f"cannot make an array of ({exc})"
         )
-    if array.dtype.kind not in "biuf":
+    if inp.dtype == "string":
+        array = _as_strings(inp, array)
+    elif array.dtype.kind not in "biuf":
         raise KerascheckError(
             f"expected numeric values for input {_describe_one(inp)}, found dtype {array.dtype}"
         )
@@ -98,6 +110,8 @@ def _check_one(inp: InputSpec, value, dtype) -> np.ndarray:
             f"expected shape {shape_text(inp.shape)} for input '{inp.name}', "
             f"found {tuple(array.shape)}"
         )
+    if inp.dtype == "string":
+        return array
     if "int" in inp.dtype:
         if array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
             raise KerascheckError(
@@ -111,6 +125,21 @@ def _check_one(inp: InputSpec, value, dtype) -> np.ndarray:
             "which kerascheck cannot feed"
         )
     return array.astype(dtype, copy=False)
+
+
+def _as_strings(inp: InputSpec, array: np.ndarray) -> np.ndarray:
+    """A string input (StringLookup models): text as NumPy unicode, bytes decoded as UTF-8."""
+    if array.dtype.kind == "S" or (
+        array.dtype.kind == "O" and all(isinstance(v, bytes) for v in array.flat)
+    ):
+        array = np.char.decode(array.astype(bytes), "utf-8")
+    if array.dtype.kind == "O" and all(isinstance(v, str) for v in array.flat):
+        array = array.astype(str)
+    if array.dtype.kind != "U":
+        raise KerascheckError(
+            f"expected strings for input {_describe_one(inp)}, found dtype {array.dtype}"
+        )
+    return array
 
 
 def random_inputs(
@@ -152,7 +181,7 @@ def _index_bound(spec: ModelSpec, input_name: str) -> int:
     return min(bounds) if bounds else DEFAULT_INDEX_BOUND
 
 
-def read_inputs(path: str, spec: ModelSpec) -> list[np.ndarray]:
+def read_inputs(path: str, spec: ModelSpec, layout: str = "channels_last") -> list[np.ndarray]:
     """Read `.npy` (one input) or `.npz` (keyed by input name, or arr_0, arr_1...)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -165,7 +194,7 @@ def read_inputs(path: str, spec: ModelSpec) -> list[np.ndarray]:
             f"{path}: expected a .npy or .npz input file, found neither (first bytes {head!r})"
         )
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")  # .npy read lazily by batch
     except ValueError as exc:
         raise KerascheckError(f"{path}: expected a numeric .npy or .npz file ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -178,9 +207,9 @@ def read_inputs(path: str, spec: ModelSpec) -> list[np.ndarray]:
                 f"{path}: expected {len(spec.inputs)} inputs ({_describe(spec)}) in one .npz "
                 "keyed by input name, found a single .npy array"
             )
-        return check_inputs(spec, loaded)
+        return check_inputs(spec, loaded, layout=layout)
     with loaded:
-        return check_inputs(spec, _npz_arrays(path, loaded, spec))
+        return check_inputs(spec, _npz_arrays(path, loaded, spec), layout=layout)
 
 
 def _npz_arrays(path: str, loaded, spec: ModelSpec) -> list[np.ndarray]:

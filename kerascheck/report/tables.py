@@ -32,7 +32,7 @@ def _own_style(own: dict) -> str:
 def diff_table(result: DiffResult) -> Group:
     comparison = result.comparison
     title = (
-        f"{result.model_path}: engine vs {result.oracle} {result.oracle_version} "
+        f"{result.model_path}: {result.subject} vs {result.oracle} {result.oracle_version} "
         f"(saved by Keras {result.keras_version}), batch {result.batch}"
     )
     table = Table(title=title, title_justify="left")
@@ -49,6 +49,9 @@ def diff_table(result: DiffResult) -> Group:
         table.add_column("keras vs f64", justify="right")
         table.add_column("engine vs f64", justify="right")
     table.add_column("status")
+    has_notes = any(r.reason for r in comparison.layers)
+    if has_notes:
+        table.add_column("note", overflow="fold")
     first = comparison.first_divergence
     for index, row in enumerate(comparison.layers):
         style = "bold red reverse" if row.name == first else None
@@ -61,6 +64,8 @@ def diff_table(result: DiffResult) -> Group:
             exact = row.float64 or {}
             cells += [_num(exact.get("keras_max_rel_diff")), _num(exact.get("engine_max_rel_diff"))]
         cells.append(Text(row.status, style=STATUS_STYLE[row.status]))
+        if has_notes:
+            cells.append(row.reason or "")
         table.add_row(*cells, style=style)
     lines = [table]
     verdict = Text()
