@@ -23,7 +23,7 @@ EXIT_MATCH, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
 
 def _console() -> Console:
-    return Console(width=max(120, Console().width), highlight=False)
+    return Console(width=max(140, Console().width), highlight=False)
 
 
 def friendly_errors(command):
@@ -449,6 +449,80 @@ def _read_arrays(path: str) -> dict:
             return {key: data[key] for key in data.files}
     except (ValueError, OSError) as exc:
         raise KerascheckError(f"{path}: expected an .npz of numeric arrays ({exc})")
+
+
+@main.command()
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@tolerance_options
+@report_options
+@ORACLE_OPTION
+@click.option("--seed", default=0, show_default=True, help="Seed for random inputs.")
+@click.option(
+    "--batch",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Batch size of random inputs for models without an input file.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Run in batches of this many samples (bounded memory).",
+)
+@friendly_errors
+def audit(
+    paths,
+    atol,
+    rtol,
+    layer_tol,
+    config_path,
+    json_path,
+    junit_path,
+    markdown_path,
+    oracle,
+    seed,
+    batch,
+    batch_size,
+):
+    """Check many models (files or directories) layer by layer in one run.
+
+    Each model uses MODEL.input.npy/.npz beside it, or seeded random inputs.
+    Exit 0 when all match, 1 when any diverges, 2 when any could not be checked
+    (the others are still checked).
+    """
+    from rich.progress import Progress
+
+    from .audit import audit as run_audit
+    from .audit import find_models
+    from .report.json_report import audit_report, dumps
+    from .report.junit import junit_xml
+    from .report.markdown import diff_markdown
+    from .report.tables import audit_table
+    from .settings import tolerance_policy
+
+    policy = tolerance_policy(atol, rtol, layer_tol, config_path)
+    total = len(find_models(list(paths)))
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("models", total=total)
+        outcome = run_audit(
+            list(paths),
+            policy,
+            seed=seed,
+            batch=batch,
+            oracle=oracle,
+            batch_size=batch_size,
+            on_model=lambda _: progress.advance(task),
+        )
+    _write(json_path, dumps(audit_report(outcome)) + "\n")
+    _write(junit_path, junit_xml(outcome.results, outcome.errors))
+    markdown = "".join(diff_markdown(r) + "\n" for r in outcome.results)
+    markdown += "".join(
+        f"### ⚠️ `{p}` could not be checked\n\n{m}\n\n" for p, m in outcome.errors.items()
+    )
+    _write(markdown_path, markdown)
+    _console().print(audit_table(outcome))
+    sys.exit(outcome.exit_code)
 
 
 @main.command()

@@ -32,6 +32,16 @@ def diff_report(result: DiffResult) -> dict:
     }
 
 
+def audit_report(outcome) -> dict:
+    """Aggregated audit: one diff report per model, plus the models that could not run."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "status": {0: "match", 1: "mismatch", 2: "error"}[outcome.exit_code],
+        "models": [diff_report(result) for result in outcome.results],
+        "errors": [{"model": path, "error": message} for path, message in outcome.errors.items()],
+    }
+
+
 def dumps(report: dict) -> str:
     return json.dumps(_finite(report), indent=2)
 

@@ -46,8 +46,8 @@ def diff_table(result: DiffResult) -> Group:
     table.add_column("carried abs", justify="right")
     table.add_column("carried rel", justify="right")
     if result.float64:
-        table.add_column("keras vs f64", justify="right")
-        table.add_column("engine vs f64", justify="right")
+        table.add_column("keras/f64", justify="right", no_wrap=True)
+        table.add_column("engine/f64", justify="right", no_wrap=True)
     table.add_column("status")
     has_notes = any(r.reason for r in comparison.layers)
     if has_notes:
@@ -176,3 +176,32 @@ def _looks_like_probabilities(y: np.ndarray) -> bool:
     if y.ndim != 2 or y.shape[1] < 2 or not np.all(np.isfinite(y)):
         return False
     return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
+
+
+def audit_table(outcome) -> Group:
+    table = Table(title="kerascheck audit", title_justify="left")
+    for column in ("model", "status", "layers", "first divergence", "max carried rel", "seconds"):
+        table.add_column(
+            column,
+            justify="right" if column in ("layers", "seconds") else "left",
+            overflow="fold",
+        )
+    for result in outcome.results:
+        rows = result.comparison.layers
+        worst = max((r.max_rel_diff or 0.0 for r in rows), default=0.0)
+        table.add_row(
+            result.model_path,
+            Text(result.status, style=STATUS_STYLE[result.status]),
+            str(len(rows)),
+            result.comparison.first_divergence or "-",
+            _num(worst),
+            f"{result.engine_seconds + result.keras_seconds:.2f}",
+        )
+    for path, message in outcome.errors.items():
+        table.add_row(path, Text("error", style="bold red"), "-", message, "-", "-")
+    counts = Text(
+        f"{sum(r.status == 'match' for r in outcome.results)} match, "
+        f"{sum(r.status == 'mismatch' for r in outcome.results)} diverge, "
+        f"{len(outcome.errors)} could not be checked"
+    )
+    return Group(table, counts)

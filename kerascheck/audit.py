@@ -1,0 +1,93 @@
+"""`kerascheck audit`: check many model files in one run, as a CI step would.
+
+Each model is compared layer by layer with its own inputs (`<model>.input.npy`
+or `.npz` beside it, as `sample_models/` ships them) or seeded random inputs.
+A model that cannot be checked is recorded with its error and the others are
+still checked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .compare import TolerancePolicy
+from .diff import DiffResult, diff_model
+from .errors import KerascheckError
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass
+class AuditResult:
+    results: list[DiffResult] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return 2
+        return 1 if any(r.status == "mismatch" for r in self.results) else 0
+
+
+def find_models(paths: list[str]) -> list[str]:
+    """Model files named on the command line, and those found under directories."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, _, files in sorted(os.walk(path)):
+                found += [
+                    os.path.join(root, f) for f in sorted(files) if f.endswith(MODEL_SUFFIXES)
+                ]
+        else:
+            found.append(path)  # a missing or odd file becomes that model's error
+    return found
+
+
+def input_file(model_path: str) -> str | None:
+    stem = model_path.rsplit(".", 1)[0]
+    for candidate in (f"{stem}.input.npy", f"{stem}.input.npz"):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def audit(
+    paths: list[str],
+    policy: TolerancePolicy,
+    seed: int = 0,
+    batch: int = 2,
+    oracle: str | None = None,
+    batch_size: int | None = None,
+    on_model: Callable[[str], None] | None = None,
+) -> AuditResult:
+    from . import load
+    from .inputs import random_inputs, read_inputs
+
+    outcome = AuditResult()
+    for path in find_models(paths):
+        try:
+            model = load(path)
+            source = input_file(path)
+            inputs = (
+                read_inputs(source, model.spec)
+                if source
+                else random_inputs(model.spec, batch=batch, seed=seed)
+            )
+            outcome.results.append(
+                diff_model(
+                    path,
+                    model,
+                    inputs,
+                    layer_wise=True,
+                    tolerance=policy,
+                    oracle=oracle,
+                    batch_size=batch_size,
+                )
+            )
+        except KerascheckError as exc:
+            outcome.errors[path] = str(exc)
+        if on_model is not None:
+            on_model(path)
+    return outcome
