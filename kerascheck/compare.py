@@ -114,6 +114,7 @@ class ErrorStats:
         self.nonfinite = {"nan_engine": 0, "nan_keras": 0, "inf_engine": 0, "inf_keras": 0}
         self.nonfinite_mismatch = 0
         self.first_bad = None
+        self.unequal = 0  # for non-numeric outputs (strings), compared exactly
 
     def update(self, ours, theirs, offset: int = 0) -> None:
         ours, theirs = np.asarray(ours), np.asarray(theirs)
@@ -124,6 +125,9 @@ class ErrorStats:
             return
         self.shape = shape if self.shape is None else (self.shape[0] + shape[0], *shape[1:])
         if theirs.size == 0:
+            return
+        if ours.dtype.kind not in "biuf" or theirs.dtype.kind not in "biuf":
+            self._update_exact(ours, theirs, offset)
             return
         a, b = ours.astype(np.float64), theirs.astype(np.float64)
         for side, x in (("engine", a), ("keras", b)):
@@ -150,10 +154,27 @@ class ErrorStats:
         self.norm_theirs += float(np.sum(b0 * b0))
         self.scale = max(self.scale, float(np.max(np.abs(b0))))
 
+    def _update_exact(self, ours, theirs, offset: int) -> None:
+        differs = np.asarray(ours.astype(str) != theirs.astype(str))
+        if np.any(differs) and self.first_bad is None:
+            index = np.unravel_index(np.argmax(differs), differs.shape)
+            self.first_bad = (_shift(index, offset), str(ours[index]), str(theirs[index]))
+        self.unequal += int(differs.sum())
+        self.count += differs.size
+
     def finish(self, name: str, class_name: str, tolerance: Tolerance) -> LayerDiff:
         shape = list(self.shape or [])
         if self.shape_error:
             return LayerDiff(name, class_name, shape, "mismatch", reason=self.shape_error)
+        if self.max_abs < 0 and self.count:  # non-numeric outputs: equal or not
+            row = LayerDiff(name, class_name, shape, "match" if not self.unequal else "mismatch")
+            if self.unequal:
+                row.worst_index, engine, keras = self.first_bad
+                row.reason = (
+                    f"{self.unequal} of {self.count} values differ "
+                    f"(first: engine {engine!r}, keras {keras!r})"
+                )
+            return row
         if self.count == 0 and not self.nonfinite_mismatch:
             return LayerDiff(name, class_name, shape, "match", 0.0, 0.0, 0.0)
         max_abs = max(self.max_abs, 0.0)
@@ -191,6 +212,9 @@ class ErrorStats:
 
 
 def _shift(index, offset: int) -> list[int]:
+    """The index in the whole input: the batch position moves by the chunk's offset."""
+    if len(index) == 0:  # a scalar output (e.g. a reduction over every axis)
+        return []
     return [int(index[0]) + offset, *(int(i) for i in index[1:])]
 
 

@@ -76,6 +76,8 @@ class EngineModel:
 
 
 def _probe_dtype(dtype: str):
+    if dtype == "string":  # StringLookup inputs: empty strings probe shapes
+        return np.str_
     return np.int32 if "int" in dtype else np.float32
 
 

@@ -7,16 +7,37 @@ from ..loading.spec import LayerSpec
 from .base import Context, Layer
 from .layers import (
     activations,
+    applications,
+    attention,
     conv,
     core,
     merging,
     model,
     normalization,
     pooling,
+    preprocessing,
+    recurrent,
     reshaping,
+    tf_ops,
+    wrappers,
 )
 
-FAMILIES = (core, activations, conv, pooling, normalization, reshaping, merging, model)
+FAMILIES = (
+    core,
+    activations,
+    attention,
+    applications,
+    conv,
+    pooling,
+    normalization,
+    reshaping,
+    merging,
+    model,
+    recurrent,
+    wrappers,
+    tf_ops,
+    preprocessing,
+)
 
 REGISTRY: dict[str, type[Layer]] = {
     cls.__name__: cls for family in FAMILIES for cls in family.LAYERS

@@ -16,7 +16,7 @@ All of that is resolved here, once.
 from __future__ import annotations
 
 from ..errors import KerascheckError
-from .safety import MODEL_CLASSES, check_layer_entry
+from .safety import MODEL_CLASSES, TF_OP_LAYERS, check_layer_entry
 from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef
 
 
@@ -89,11 +89,33 @@ def _make_layer(entry, keras_version: str, source: str) -> LayerSpec:
             f"{source}: expected a name for every layer, found a {entry['class_name']} "
             f"named {name!r}"
         )
-    layer = LayerSpec(name=name, class_name=entry["class_name"], config=config)
+    layer = LayerSpec(name=name, class_name=_class_name(entry), config=config)
     if entry["class_name"] in MODEL_CLASSES:
         layer.model = parse_model_config({**entry, "config": config}, keras_version, source)
         layer.model.name = name
     return layer
+
+
+# Keras 3 operation classes (module `keras.src.ops.*`) named like a layer class, whose
+# calls and configs differ from the layer's (`ops.add(x, y)` vs `Add()([x, y])`).
+# (`Identity` is the identity either way, so its op node runs as the layer.)
+OP_NAMES_OF_LAYERS = {
+    "Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average", "Concatenate", "Dot",
+    "Reshape", "Softmax",
+}  # fmt: skip
+
+
+def _class_name(entry: dict) -> str:
+    """The engine class: a Keras 3 operation node sharing a layer's name gets an `Op`
+    suffix (`keras.src.ops.numpy.Add` -> `AddOp`), so the two never meet."""
+    name, module = entry["class_name"], entry.get("module")
+    if (
+        name in OP_NAMES_OF_LAYERS
+        and isinstance(module, str)
+        and module.startswith("keras.src.ops.")
+    ):
+        return f"{name}Op"
+    return name
 
 
 def _input_spec(layer: LayerSpec, source: str) -> InputSpec:
@@ -297,21 +319,34 @@ def _parse_node(node, ref, layer: LayerSpec, source: str):
         }
         extra = [_with_refs(value, ref, caller) for value in args[1:]]
         first = args[0] if args else []
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            raise KerascheckError(
+                f"{source}: layer '{layer.name}' ({layer.class_name}) is called with the "
+                f"constant {first!r} as its first argument, e.g. `2.0 - x`; kerascheck "
+                "supports constants only after the first tensor (write `-x + 2.0`)"
+            )
         return _tensor_refs(first, ref, caller), isinstance(first, list), kwargs, extra
     if isinstance(node, list):  # Keras 2: [[layer, node, tensor, kwargs], ...]
+        # TFOpLambda keeps its first argument's structure: a bare reference for one tensor,
+        # a list for a list (tf_keras engine/node.py `serialize`, `_preserve_input_structure`).
+        bare = bool(node) and isinstance(node[0], str)
+        items = [node] if bare else node
         inputs, kwargs = [], {}
-        for item in node:
+        for item in items:
             if isinstance(item, list) and item and item[0] == "_CONSTANT_VALUE":
                 raise KerascheckError(
                     f"{source}: layer '{layer.name}' ({layer.class_name}) is called with a "
-                    "constant tensor; kerascheck does not support constant call inputs"
+                    f"constant {item[2] if len(item) > 2 else ''!r} as (part of) its first "
+                    "argument, e.g. `2.0 - x`; kerascheck supports constants only after the "
+                    "first tensor (write `-x + 2.0`)"
                 )
             inputs.append(ref(item, endpoint=False, caller=caller))
             extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
             for key, value in extra.items():
                 if key not in DROPPED_KWARGS:
                     kwargs[key] = _legacy_with_refs(value, ref, caller)
-        return inputs, len(inputs) > 1, kwargs, []
+        as_list = len(inputs) > 1 or (layer.class_name in TF_OP_LAYERS and not bare)
+        return inputs, as_list, kwargs, []
     raise KerascheckError(f"{source}: layer '{layer.name}' has an unreadable inbound node")
 
 
@@ -320,6 +355,12 @@ def _with_refs(value, ref, caller: str):
     if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
         history = (value.get("config") or {}).get("keras_history")
         return ref(history, endpoint=False, caller=caller)
+    if isinstance(value, dict) and value.get("class_name") == "__slice__":
+        inner = value.get("config") or {}
+        parts = (inner.get(k) for k in ("start", "stop", "step"))
+        return slice(*(_with_refs(part, ref, caller) for part in parts))
+    if _is_ellipsis(value):
+        return Ellipsis
     if isinstance(value, dict):
         return {key: _with_refs(item, ref, caller) for key, item in value.items()}
     if isinstance(value, list):
@@ -331,11 +372,17 @@ def _legacy_with_refs(value, ref, caller: str):
     """A Keras 2 keyword argument: tensors are written as `[layer, node, tensor]`."""
     if _is_legacy_ref(value):
         return ref(value, endpoint=False, caller=caller)
+    if _is_ellipsis(value):  # what tf_keras' json_utils decodes to `...` on loading
+        return Ellipsis
     if isinstance(value, list):
         return [_legacy_with_refs(item, ref, caller) for item in value]
     if isinstance(value, dict):
         return {key: _legacy_with_refs(item, ref, caller) for key, item in value.items()}
     return value
+
+
+def _is_ellipsis(value) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == "__ellipsis__"
 
 
 def _is_legacy_ref(value) -> bool:

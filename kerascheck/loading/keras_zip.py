@@ -17,6 +17,7 @@ import h5py
 from ..errors import KerascheckError, UnsafeModelError
 from .config import parse_model_config
 from .hdf5 import child, open_file, read_array, text_attr
+from .safety import MODEL_CLASSES
 from .spec import ModelSpec
 
 MAX_CONFIG_BYTES = 256 * 2**20
@@ -127,7 +128,7 @@ RNN_CLASSES = {
     "ConvLSTM2D",
     "ConvLSTM3D",
 }
-ATTENTION_PARTS = ("query_dense", "key_dense", "value_dense", "output_dense")
+ATTENTION_PARTS = ("query_dense", "key_dense", "gate_dense", "value_dense", "output_dense")
 
 
 def _layer_weights(group, class_name: str, config: dict, name: str, path: str) -> list:
@@ -165,9 +166,23 @@ def _parts(group, class_name: str, config: dict) -> list[tuple[str, str, dict]]:
         cells = [entry(c) for c in config.get("cells") or []]
         keys = _list_keys([c[0] for c in cells])
         return [(f"cells/{key}", *cell) for key, cell in zip(keys, cells)]
-    if class_name in ("MultiHeadAttention", "GroupedQueryAttention"):
+    if class_name in MODEL_CLASSES:  # a model inside a wrapper: `layers/<group>` per layer
+        return _model_parts(class_name, config)
+    if class_name in ("MultiHeadAttention", "GroupedQueryAttention", "GroupQueryAttention"):
         return [(key if key in group else f"_{key}", "EinsumDense", {}) for key in ATTENTION_PARTS]
     return []
+
+
+def _model_parts(class_name: str, config) -> list[tuple[str, str, dict]]:
+    """A nested model's layers as parts, named as Keras names their groups (a Sequential
+    saves no InputLayer); each layer's weights follow the previous layer's."""
+    entries = config.get("layers") if isinstance(config, dict) else config
+    entries = [e for e in entries or [] if isinstance(e, dict)]
+    if class_name == "Sequential":
+        entries = [e for e in entries if e.get("class_name") != "InputLayer"]
+    parts = [(e.get("class_name", ""), e.get("config") or {}) for e in entries]
+    keys = _list_keys([p[0] for p in parts])
+    return [(f"layers/{key}", *part) for key, part in zip(keys, parts)]
 
 
 def _list_keys(class_names: list[str]) -> list[str]:
@@ -212,6 +227,8 @@ def _read_vars(vars_group, layer_name: str, path: str) -> list:
     if not isinstance(vars_group, h5py.Group):
         raise KerascheckError(f"{path}: expected a 'vars' group for layer '{layer_name}'")
     keys = list(vars_group.keys())
+    if keys == ["idf_weights"]:  # IndexLookup in tf_idf mode names its one variable
+        return [read_array(child(vars_group, keys[0]), f"for layer '{layer_name}'")]
     expected = [str(i) for i in range(len(keys))]
     if sorted(keys, key=lambda k: (len(k), k)) != expected:
         raise KerascheckError(

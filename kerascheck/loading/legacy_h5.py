@@ -9,6 +9,7 @@ import h5py
 from ..errors import KerascheckError
 from .config import parse_model_config
 from .hdf5 import child, list_attr, open_file, read_array, text_attr
+from .safety import MODEL_CLASSES
 from .spec import LayerSpec, ModelSpec
 
 
@@ -51,8 +52,30 @@ def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
         arrays = [(name, read_array(child(group, name), _what(name, layer))) for name in names]
         if layer.model is not None:
             _distribute(layer.model, arrays, path)
+        elif (wrapped := _wrapped_model(layer)) is not None:
+            layer.weights = _per_layer_order(wrapped, arrays, spec, path)
         else:
             layer.weights = [array for _, array in arrays]
+
+
+def _wrapped_model(layer: LayerSpec):
+    """The model entry a TimeDistributed wraps, if it wraps one."""
+    inner = layer.config.get("layer") if layer.class_name == "TimeDistributed" else None
+    is_model = isinstance(inner, dict) and inner.get("class_name") in MODEL_CLASSES
+    return inner if is_model else None
+
+
+def _per_layer_order(entry: dict, arrays: list, spec: ModelSpec, path: str) -> list:
+    """A wrapped model's weights in per-layer order (what `.keras` files give).
+
+    `weight_names` list all trainable weights before the non-trainable ones
+    (BatchNormalization statistics come last), so they are sorted by owner.
+    """
+    model = parse_model_config(entry, spec.keras_version, path)
+    _distribute(model, arrays, path)
+    leaves: dict[str, list[LayerSpec]] = {}
+    _collect_leaves(model, leaves)
+    return [w for same_name in leaves.values() for leaf in same_name for w in leaf.weights]
 
 
 def _what(name: str, layer: LayerSpec) -> str:

@@ -12,13 +12,14 @@ from ..errors import UnsafeModelError
 
 CODE_LAYERS = {
     "Lambda": "it stores Python bytecode",
-    "TFOpLambda": "it calls a TensorFlow function by name",
-    "SlicingOpLambda": "it calls a TensorFlow function by name",
     "TFSMLayer": "it wraps a TensorFlow SavedModel",
     "TorchModuleWrapper": "it wraps a pickled PyTorch module",
     "JaxLayer": "it wraps JAX functions",
     "FlaxLayer": "it wraps a Flax module",
 }
+# tf_keras layers that call a TensorFlow function by its saved name: allowed only for
+# the names kerascheck reimplements (engine/layers/tf_ops.py `TF_FUNCTIONS`).
+TF_OP_LAYERS = {"TFOpLambda", "SlicingOpLambda"}
 MODEL_CLASSES = {"Functional", "Model", "Sequential"}
 # Keys whose string value Keras treats as a path to read (lookup layers' vocabularies).
 PATH_KEYS = ("vocabulary", "vocabulary_file", "idf_weights")
@@ -42,6 +43,8 @@ def _check_entry(entry: dict) -> None:
             f"layer '{name}' is a {class_name}, which kerascheck refuses to load "
             f"because {CODE_LAYERS[class_name]}; expected built-in Keras layers only"
         )
+    if class_name in TF_OP_LAYERS:
+        _check_tf_function(name, class_name, config.get("function"))
     if isinstance(class_name, str) and ">" in class_name:  # Keras 2 writes `Package>Class`
         raise UnsafeModelError(
             f"layer '{name}' is the custom class '{class_name}'; expected built-in Keras "
@@ -68,6 +71,23 @@ def _check_entry(entry: dict) -> None:
     if class_name in MODEL_CLASSES:  # its layers are checked one by one, by their own name
         config = {k: v for k, v in config.items() if k != "layers"}
     _check_values(config, name, class_name)
+
+
+def _check_tf_function(name: str, class_name: str, function) -> None:
+    """Only allow-listed TensorFlow names, checked by name: nothing is looked up or imported.
+
+    The allow-list is the engine's table of reimplementations, imported here lazily so
+    there is one list (loading is imported by the engine, not the other way round).
+    """
+    from ..engine.layers.tf_ops import TF_FUNCTIONS
+
+    if not isinstance(function, str) or function not in TF_FUNCTIONS:
+        shown = f"tf.{function}" if isinstance(function, str) else repr(function)
+        raise UnsafeModelError(
+            f"layer '{name}' is a {class_name} calling {shown}, which is not on kerascheck's "
+            "allow-list of TensorFlow functions (kerascheck never looks up TensorFlow "
+            f"symbols by name); allowed: {', '.join(sorted(TF_FUNCTIONS))}"
+        )
 
 
 def _is_keras_module(module: str) -> bool:

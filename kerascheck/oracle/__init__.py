@@ -163,11 +163,12 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
         return value[ref.tensor] if isinstance(value, (list, tuple)) else value
 
     per_call = {}
+    operations = _operations(model)
     for call in spec.calls:
         first = [tensor(ref) for ref in call.inputs]
         args = resolve(call.args, tensor)
         kwargs = resolve(call.kwargs, tensor)
-        layer = _layer(model, call.layer)
+        layer = operations.get(call.layer) or model.get_layer(call.layer)
         try:
             output = layer(first if call.as_list else first[0], *args, **kwargs)
         except Exception as exc:
@@ -175,6 +176,7 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
             raise KerascheckError(
                 f"Keras failed to run layer '{call.layer}' ({type(layer).__name__}): {message}"
             )
+        output = _flat(output)
         values[(call.layer, call.index)] = output
         if keep:
             per_call[call.name] = _numpy(output)
@@ -192,11 +194,20 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
     return whole, per_call, check
 
 
-def _layer(model, name: str):
-    """A layer of the model or, in Keras 3, an operation node (the `not_equal` that
-    computes an Embedding's mask for a layer taking `mask`), which `get_layer` omits."""
-    operations = {op.name: op for op in getattr(model, "operations", [])}
-    return operations[name] if name in operations else model.get_layer(name)
+def _operations(model) -> dict:
+    """Layers and, in Keras 3, operation nodes (the `not_equal` that computes an
+    Embedding's mask for a layer taking `mask`), which `get_layer` omits."""
+    return {op.name: op for op in getattr(model, "operations", [])}
+
+
+def _flat(output):
+    """Nested outputs (stacked RNN cells' states) indexed flat, as the functional graph does."""
+    if not isinstance(output, (list, tuple)):
+        return output
+    flat = []
+    for item in output:
+        flat.extend(_flat(item) if isinstance(item, (list, tuple)) else [item])
+    return flat
 
 
 def _numpy(value):

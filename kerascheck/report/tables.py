@@ -173,7 +173,7 @@ def predictions_view(
 
 
 def _looks_like_probabilities(y: np.ndarray) -> bool:
-    if y.ndim != 2 or y.shape[1] < 2 or not np.all(np.isfinite(y)):
+    if y.dtype.kind not in "biuf" or y.ndim != 2 or y.shape[1] < 2 or not np.all(np.isfinite(y)):
         return False
     return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
 

@@ -66,16 +66,50 @@ class ELU(Layer):
 
 
 class Softmax(Layer):
-    """Softmax over one axis or several (a list of axes normalizes them jointly)."""
+    """Softmax over one axis or several (a list of axes normalizes them jointly).
+
+    A `mask` (Keras passes the input's, or attention layers pass theirs) keeps
+    masked positions out of the normalization, the way the file's Keras does:
+    see `masked_softmax`.
+    """
 
     supports_masking = True
 
     def setup(self, config):
         axis = config.get("axis", -1)
         self.axis = tuple(axis) if isinstance(axis, (list, tuple)) else int(axis)
+        self.robust_masking = bool(config.get("robust_masking", False))
 
-    def call(self, x):
-        return activations.softmax(x, axis=self.axis)
+    def call(self, x, mask=None):
+        return masked_softmax(x, mask, self.axis, self.context.keras_major, self.robust_masking)
+
+
+def masked_softmax(x, mask, axis, keras_major: int, robust_masking: bool = False):
+    """Keras' Softmax layer with a mask (1/True keeps), broadcast against `x`.
+
+    Keras 3 replaces masked inputs by -1e9 (-3e4 in float16; a non-boolean mask
+    keeps entries > 0.5) and then zeroes the masked outputs, so a fully masked
+    slice is all zeros (keras/src/layers/activations/softmax.py). tf_keras adds
+    `(1 - mask) * -1e9` (float16: its min / 2) and does not zero, so a fully
+    masked slice stays a softmax of the shifted inputs; with `robust_masking`
+    it replaces instead of adding (tf_keras/src/layers/activation/softmax.py).
+    """
+    if mask is None:
+        return activations.softmax(x, axis=axis)
+    mask = np.asarray(mask)
+    if keras_major >= 3:
+        negative = np.asarray(-3e4 if x.dtype == np.float16 else -1e9, dtype=x.dtype)
+        keep = mask if mask.dtype == bool else mask > 0.5
+        out = activations.softmax(np.where(keep, x, negative), axis=axis)
+        return np.where(keep, out, np.zeros((), out.dtype))
+    negative = np.asarray(
+        np.finfo(np.float16).min / 2 if x.dtype == np.float16 else -1e9, dtype=x.dtype
+    )
+    if robust_masking:
+        keep = mask if mask.dtype == bool else mask > 0.5
+        return activations.softmax(np.where(keep, x, negative), axis=axis)
+    adder = (np.asarray(1, dtype=x.dtype) - mask.astype(x.dtype)) * negative
+    return activations.softmax(x + adder, axis=axis)
 
 
 class Gelu(Layer):

@@ -1,4 +1,5 @@
-"""Core layers: Dense, EinsumDense, shape plumbing, and inference-time identities."""
+"""Core layers: Dense, EinsumDense, Embedding, masking, category encoding, shape plumbing,
+and inference-time identities."""
 
 from __future__ import annotations
 
@@ -214,6 +215,161 @@ class Rescaling(Layer):
         return x * scale + offset
 
 
+class Embedding(Layer):
+    """`embeddings[indices]` for integer indices of any rank; `mask_zero` masks index 0.
+
+    Only the mask marks padding: the embedding of index 0 is returned as it is,
+    and masked steps are skipped downstream (RNNs, pooling), not zeroed here.
+    Keras casts non-integer inputs to int32 (truncation toward zero). An index
+    outside the table is an error in TensorFlow on CPU, except that Keras 3's
+    `ops.take` first wraps negative indices once (-1 is the last row; see
+    keras/src/backend/tensorflow/numpy.py `take`), which `np.take` also does.
+    """
+
+    def setup(self, config):
+        self.input_dim = int(config["input_dim"])
+        self.output_dim = int(config["output_dim"])
+        self.mask_zero = bool(config.get("mask_zero", False))
+        self.supports_masking = self.mask_zero
+        if config.get("sparse"):
+            raise self.error("sparse=True gives a SparseTensor output; kerascheck computes dense")
+        self.lora_rank = int(config.get("lora_rank") or 0)
+        self.lora_alpha = config.get("lora_alpha") or self.lora_rank
+        quantized = [w.dtype for w in self.raw_weights if np.asarray(w).dtype.kind in "iub"]
+        if quantized or config.get("quantization_config"):
+            raise self.error(
+                "expected float embeddings, found a quantized Embedding (int8/int4 weights "
+                f"{quantized or ''}); kerascheck does not support quantized layers"
+            )
+
+    def weight_shapes(self, input_shape):
+        table = ("embeddings", (self.input_dim, self.output_dim))
+        if self.lora_rank and len(self.raw_weights) == 3:
+            # Legacy .h5 keeps Keras 3's trainable-first order: the LoRA factors, then
+            # the frozen table; .keras stores the table with the LoRA delta merged in.
+            return [
+                ("lora_embeddings_a", (self.input_dim, self.lora_rank)),
+                ("lora_embeddings_b", (self.lora_rank, self.output_dim)),
+                table,
+            ]
+        return [table]
+
+    def table(self):
+        table = self.w["embeddings"]
+        if "lora_embeddings_a" in self.w:
+            delta = np.matmul(self.w["lora_embeddings_a"], self.w["lora_embeddings_b"])
+            table = table + np.asarray(self.lora_alpha / self.lora_rank, table.dtype) * delta
+        return table
+
+    def call(self, x):
+        indices = np.asarray(x)
+        if indices.dtype.kind not in "iu":
+            indices = indices.astype(np.int32)
+        low = -self.input_dim if self.context.keras_major >= 3 else 0
+        if indices.size and (indices.min() < low or indices.max() >= self.input_dim):
+            bad = indices[(indices < low) | (indices >= self.input_dim)].flat[0]
+            raise self.error(
+                f"expected indices in [{low}, {self.input_dim}) (input_dim "
+                f"{self.input_dim}), found {int(bad)}; TensorFlow raises on CPU for it too"
+            )
+        return np.take(self.table(), indices, axis=0)
+
+    def compute_mask(self, inputs, mask):
+        return np.not_equal(inputs, 0) if self.mask_zero else None
+
+
+class Masking(Layer):
+    """Zero the time steps whose features all equal `mask_value`, and mask them.
+
+    Keras 3 selects (`where(keep, x, 0)`); Keras 2 multiplies by the 0/1 mask,
+    which differs only for non-finite values (`inf * 0` is nan). See
+    keras/src/layers/core/masking.py and tf_keras/src/layers/core/masking.py.
+    """
+
+    supports_masking = True
+
+    def setup(self, config):
+        self.mask_value = config_array(config.get("mask_value", 0.0))
+
+    def keep(self, x, keepdims):
+        value = np.asarray(self.mask_value, dtype=x.dtype)
+        return np.any(np.not_equal(x, value), axis=-1, keepdims=keepdims)
+
+    def call(self, x):
+        keep = self.keep(x, keepdims=True)
+        if self.context.keras_major >= 3:
+            return np.where(keep, x, np.zeros((), dtype=x.dtype))
+        return x * keep.astype(x.dtype)
+
+    def compute_mask(self, inputs, mask):
+        return self.keep(inputs, keepdims=False)
+
+
+class CategoryEncoding(Layer):
+    """One-hot, multi-hot or count encoding of integer tokens into `num_tokens` slots.
+
+    Keras 3 (keras/src/utils/numerical_utils.py `encode_categorical_inputs`)
+    one-hot encodes any rank (a trailing axis of 1 is squeezed) and gives zeros
+    for out-of-range tokens; multi_hot/count reduce axis 1 of the one-hot
+    tensor (axis 0 for a rank-1 input, which sums over the batch), also for
+    inputs of rank 3 and more, where Keras' `compute_output_shape` claims the
+    last axis is reduced instead. For ranks <= 2 TensorFlow's bincount does the
+    work: it drops tokens >= num_tokens but fails on negative ones. tf_keras
+    allows output rank <= 2 only and fails on any out-of-range token.
+    """
+
+    def setup(self, config):
+        self.num_tokens = int(config.get("num_tokens") or config.get("max_tokens"))
+        mode = config.get("output_mode", "multi_hot")
+        self.output_mode = "multi_hot" if mode == "binary" else mode
+        if self.output_mode not in ("one_hot", "multi_hot", "count"):
+            raise self.error(f"expected output_mode one_hot, multi_hot or count, found {mode!r}")
+        if config.get("sparse"):
+            raise self.error("sparse=True gives a SparseTensor output; kerascheck computes dense")
+
+    def call(self, inputs, count_weights=None):
+        x = np.asarray(inputs)
+        x = x.astype(np.int64) if x.dtype.kind not in "iu" else x
+        x = x[None] if x.ndim == 0 else x
+        if count_weights is not None and self.output_mode != "count":
+            raise self.error(
+                f"count_weights is only used with output_mode 'count', not {self.output_mode!r}"
+            )
+        if self.context.keras_major < 3:
+            self.check_keras2(x)
+        elif self.output_mode != "one_hot" and x.ndim <= 2 and x.size and x.min() < 0:
+            raise self.error(
+                f"expected tokens >= 0, found {int(x.min())} (TensorFlow's bincount fails on it)"
+            )
+        if self.output_mode == "one_hot":
+            return self.one_hot(x[..., 0] if x.ndim > 1 and x.shape[-1] == 1 else x)
+        encoded = self.one_hot(x)
+        if count_weights is not None:
+            encoded = encoded * np.asarray(count_weights, dtype=encoded.dtype)[..., None]
+        axis = 1 if x.ndim > 1 else 0
+        if self.output_mode == "multi_hot":
+            return np.max(encoded, axis=axis)
+        return np.sum(encoded, axis=axis)
+
+    def one_hot(self, x):
+        """(..., num_tokens) rows of zeros with one 1; out-of-range tokens give all zeros."""
+        return (x[..., None] == np.arange(self.num_tokens)).astype(self.context.dtype)
+
+    def check_keras2(self, x):
+        """tf_keras' limits: output rank <= 2, every token in [0, num_tokens)."""
+        rank = x.ndim + (1 if self.output_mode == "one_hot" and x.shape[-1] != 1 else 0)
+        if rank > 2:
+            raise self.error(
+                f"tf_keras supports output rank <= 2 only, found input shape "
+                f"{x.shape} giving rank {rank}"
+            )
+        if x.size and (x.min() < 0 or x.max() >= self.num_tokens):
+            raise self.error(
+                f"expected tokens in [0, {self.num_tokens}), found values from "
+                f"{int(x.min())} to {int(x.max())}"
+            )
+
+
 LAYERS = (
     Dense,
     EinsumDense,
@@ -232,4 +388,7 @@ LAYERS = (
     Permute,
     RepeatVector,
     Rescaling,
+    Embedding,
+    Masking,
+    CategoryEncoding,
 )

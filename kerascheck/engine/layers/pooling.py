@@ -106,8 +106,7 @@ class _GlobalMaxPooling(_GlobalPooling):
 
 
 class _GlobalAveragePooling(_GlobalPooling):
-    # Keras' GlobalAveragePooling1D also accepts a mask (a masked mean over
-    # steps); the engine has no mask propagation, so unmasked inputs only.
+    # GlobalAveragePooling1D below also takes a mask (a masked mean over steps).
     reduce = staticmethod(np.mean)
 
 
@@ -157,7 +156,26 @@ class GlobalMaxPooling3D(_GlobalMaxPooling):
 
 
 class GlobalAveragePooling1D(_GlobalAveragePooling):
+    """With a mask, the mean over unmasked steps only (nan where every step is masked).
+
+    Keras 3 selects the kept steps (`where`); tf_keras multiplies by the 0/1 mask
+    (keras/src/layers/pooling/global_average_pooling1d.py and its tf_keras twin).
+    """
+
     rank = 1
+
+    def call(self, x, mask=None):
+        if mask is None:
+            return super().call(x)
+        check_rank(self, x, self.rank)
+        keep = np.expand_dims(np.asarray(mask, dtype=bool), 2 if self.axes == (1,) else 1)
+        if self.context.keras_major >= 3:
+            x = np.where(keep, x, np.zeros((), dtype=x.dtype))
+        else:
+            x = x * keep.astype(x.dtype)
+        counts = np.sum(keep.astype(x.dtype), axis=self.axes, keepdims=self.keepdims)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sum(x, axis=self.axes, keepdims=self.keepdims) / counts
 
 
 class GlobalAveragePooling2D(_GlobalAveragePooling):

@@ -150,15 +150,19 @@ class UpSampling2D(UpSampling):
 
 def resample_axis(x: np.ndarray, axis: int, factor: int, method: str) -> np.ndarray:
     """Upsample one axis by `factor`: gather every output's taps at once, weight, sum."""
-    index, weight = resampling_taps(x.shape[axis], factor, method)
+    return apply_taps(x, axis, *resampling_taps(x.shape[axis], factor, method))
+
+
+def apply_taps(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Output `o` along `axis` is `sum_t weight[o, t] * x[index[o, t]]` (Resizing shares it)."""
     gathered = np.take(x, index, axis=axis)  # (..., out, taps, ...)
     trailing = (1,) * (x.ndim - axis - 1)
     weight = np.asarray(weight, dtype=x.dtype).reshape(weight.shape + trailing)
     return np.sum(gathered * weight, axis=axis + 1)
 
 
-def resampling_taps(size: int, factor: int, method: str):
-    """Input indices and weights `(size * factor, taps)` for one axis.
+def resampling_taps(size: int, factor: int, method: str, out_size: int | None = None):
+    """Input indices and weights `(size * factor, taps)` (or `(out_size, taps)`) for one axis.
 
     Output pixel `o` samples input position `(o + 0.5) / factor - 0.5` (half-pixel
     centers, computed in float32 as TensorFlow does). Taps outside the input get
@@ -168,8 +172,9 @@ def resampling_taps(size: int, factor: int, method: str):
     position is snapped to 1/1024 of a pixel first (`resize_bicubic_op.cc`).
     """
     kernel, radius = KERNELS[method]
-    out = np.arange(size * factor, dtype=np.float32)
-    position = (out + np.float32(0.5)) * np.float32(size / (size * factor)) - np.float32(0.5)
+    out_size = size * factor if out_size is None else out_size
+    out = np.arange(out_size, dtype=np.float32)
+    position = (out + np.float32(0.5)) * np.float32(size / out_size) - np.float32(0.5)
     position = position.astype(np.float64)
     if method == "bicubic":
         position = np.rint(position * 1024.0) / 1024.0
