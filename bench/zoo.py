@@ -65,8 +65,11 @@ FAST = (
 )
 
 
-def build(name: str, path: str) -> None:
-    import keras
+def build(name: str, path: str, flavor: str = "keras") -> None:
+    if flavor == "tf_keras":
+        import tf_keras as keras
+    else:
+        import keras
 
     size, kwargs = ZOO[name]
     model = getattr(keras.applications, name)(
@@ -75,15 +78,18 @@ def build(name: str, path: str) -> None:
     model.save(path)
 
 
-def check(name: str, workdir: str, seed: int = 0) -> dict:
-    """Build, save, and diff one architecture; returns the figures of its line."""
+def check(name: str, workdir: str, seed: int = 0, flavor: str = "keras") -> dict:
+    """Build, save, and diff one architecture; returns the figures of its line.
+
+    `flavor="tf_keras"` builds it with Keras 2 and saves a legacy `.h5`.
+    """
     import kerascheck
     from kerascheck.diff import diff_model
     from kerascheck.inputs import random_inputs
 
-    path = os.path.join(workdir, f"{name}.keras")
+    path = os.path.join(workdir, f"{name}{'.h5' if flavor == 'tf_keras' else '.keras'}")
     start = time.perf_counter()
-    build(name, path)
+    build(name, path, flavor)
     built = time.perf_counter() - start
     model = kerascheck.load(path)
     inputs = random_inputs(model.spec, batch=1, seed=seed)
@@ -106,6 +112,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="architectures to run (default: all)")
     parser.add_argument("--fast", action="store_true", help="only the make-test subset")
+    parser.add_argument(
+        "--keras2", action="store_true", help="build with tf_keras and save legacy .h5 files"
+    )
     args = parser.parse_args()
     names = args.only or (list(FAST) if args.fast else list(ZOO))
     print(
@@ -116,7 +125,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
             try:
-                r = check(name, workdir)
+                r = check(name, workdir, flavor="tf_keras" if args.keras2 else "keras")
             except Exception as exc:  # one broken architecture must not hide the others
                 failures += 1
                 print(f"{name:<20} {'-':>6} {'error':<9} {type(exc).__name__}: {exc}"[:300])

@@ -158,6 +158,8 @@ def random_inputs(
         if "int" in inp.dtype:
             bound = _index_bound(spec, inp.name)
             arrays.append(rng.integers(0, bound, size=shape).astype(inp.dtype))
+        elif inp.dtype == "bool":  # masks, e.g. an attention_mask input
+            arrays.append(rng.integers(0, 2, size=shape).astype(bool))
         elif inp.dtype in ("float16", "float32", "float64", "bfloat16"):
             dtype = "float32" if inp.dtype == "bfloat16" else inp.dtype
             arrays.append((2.0 * rng.standard_normal(shape)).astype(dtype))
