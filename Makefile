@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test lint format bench clean samples
+.PHONY: demo test lint format bench zoo clean samples
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
+
+zoo: $(STAMP)
+	$(BIN)/python bench/zoo.py
 
 clean:
 	rm -rf $(VENV)
