@@ -68,14 +68,18 @@ class Graph:
         layer = self.layers[call.layer]
         masks = masks or {}
         first = [_pick(values, ref) for ref in call.inputs]
-        inputs = first if call.as_list else first[0]
         first_mask = [_pick(masks, ref) for ref in call.inputs]
-        mask = first_mask if call.as_list else first_mask[0]
+        if call.first is not None:  # constants in the first argument (`2.0 - x`)
+            inputs = resolve(call.first, lambda ref: _pick(values, ref))
+            mask = None
+        else:
+            inputs = first if call.as_list else first[0]
+            mask = first_mask if call.as_list else first_mask[0]
         if not any(m is not None for m in first_mask):
             mask = None
         args = resolve(call.args, lambda ref: _pick(values, ref))
         kwargs = resolve(call.kwargs, lambda ref: _pick(values, ref))
-        shapes = [a.shape for a in first] if call.as_list else first[0].shape
+        shapes = [np.shape(a) for a in first] if call.as_list or not first else first[0].shape
         self._add_masks(layer, call, kwargs, mask, masks)
         try:
             if not layer.built:

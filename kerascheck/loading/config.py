@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..errors import KerascheckError
 from .safety import MODEL_CLASSES, TF_OP_LAYERS, check_layer_entry
-from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef
+from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef, tensor_refs
 
 
 def parse_model_config(model_config, keras_version: str, source: str = "") -> ModelSpec:
@@ -254,8 +254,8 @@ def _parse_functional(config: dict, keras_version: str, keras2: bool, source: st
                 f"found {_describe(nodes)}"
             )
         for index, node in enumerate(nodes):
-            inputs, as_list, kwargs, extra = _parse_node(node, ref, layer, source)
-            calls.append(CallSpec(layer.name, index, inputs, as_list, kwargs, extra))
+            inputs, as_list, kwargs, extra, first = _parse_node(node, ref, layer, source)
+            calls.append(CallSpec(layer.name, index, inputs, as_list, kwargs, extra, first))
 
     inputs = [ref(v, endpoint=True) for v in _endpoint_list(config.get("input_layers"))]
     outputs = [ref(v, endpoint=True) for v in _endpoint_list(config.get("output_layers"))]
@@ -318,35 +318,34 @@ def _parse_node(node, ref, layer: LayerSpec, source: str):
             if key not in DROPPED_KWARGS
         }
         extra = [_with_refs(value, ref, caller) for value in args[1:]]
-        first = args[0] if args else []
-        if isinstance(first, (int, float)) and not isinstance(first, bool):
-            raise KerascheckError(
-                f"{source}: layer '{layer.name}' ({layer.class_name}) is called with the "
-                f"constant {first!r} as its first argument, e.g. `2.0 - x`; kerascheck "
-                "supports constants only after the first tensor (write `-x + 2.0`)"
-            )
-        return _tensor_refs(first, ref, caller), isinstance(first, list), kwargs, extra
+        first = _with_refs(args[0], ref, caller) if args else []
+        refs = tensor_refs(first)
+        plain = isinstance(first, TensorRef) or (
+            isinstance(first, list) and all(isinstance(r, TensorRef) for r in first)
+        )
+        return refs, isinstance(first, list), kwargs, extra, None if plain else first
     if isinstance(node, list):  # Keras 2: [[layer, node, tensor, kwargs], ...]
         # TFOpLambda keeps its first argument's structure: a bare reference for one tensor,
         # a list for a list (tf_keras engine/node.py `serialize`, `_preserve_input_structure`).
         bare = bool(node) and isinstance(node[0], str)
         items = [node] if bare else node
-        inputs, kwargs = [], {}
+        inputs, kwargs, template = [], {}, []
         for item in items:
             if isinstance(item, list) and item and item[0] == "_CONSTANT_VALUE":
-                raise KerascheckError(
-                    f"{source}: layer '{layer.name}' ({layer.class_name}) is called with a "
-                    f"constant {item[2] if len(item) > 2 else ''!r} as (part of) its first "
-                    "argument, e.g. `2.0 - x`; kerascheck supports constants only after the "
-                    "first tensor (write `-x + 2.0`)"
-                )
-            inputs.append(ref(item, endpoint=False, caller=caller))
+                # tf_keras writes a constant first argument (`2.0 - x`) in place of a tensor
+                template.append(item[2] if len(item) > 2 else None)
+            else:
+                inputs.append(ref(item, endpoint=False, caller=caller))
+                template.append(inputs[-1])
             extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
             for key, value in extra.items():
                 if key not in DROPPED_KWARGS:
                     kwargs[key] = _legacy_with_refs(value, ref, caller)
-        as_list = len(inputs) > 1 or (layer.class_name in TF_OP_LAYERS and not bare)
-        return inputs, as_list, kwargs, []
+        as_list = len(template) > 1 or (layer.class_name in TF_OP_LAYERS and not bare)
+        first = None
+        if len(inputs) < len(template):  # some constants: keep the argument's structure
+            first = template if as_list else template[0]
+        return inputs, as_list, kwargs, [], first
     raise KerascheckError(f"{source}: layer '{layer.name}' has an unreadable inbound node")
 
 
@@ -409,7 +408,7 @@ def _topological(
     """Order calls so each comes after its producers, keeping config order otherwise, and
     check that every model output is produced."""
     for call in calls:
-        if not call.inputs:
+        if not call.refs:
             raise KerascheckError(
                 f"{source}: expected at least one input tensor for call {call.index} of layer "
                 f"'{call.layer}', found none"

@@ -37,6 +37,9 @@ class CallSpec:
     as_list: bool = False
     kwargs: dict = field(default_factory=dict)
     args: list = field(default_factory=list)
+    # The first argument's template when it holds constants (`2.0 - x`); None when
+    # it is exactly `inputs` (one tensor, or a list of tensors).
+    first: object = None
 
     @property
     def name(self) -> str:

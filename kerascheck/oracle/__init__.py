@@ -170,7 +170,11 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
         kwargs = resolve(call.kwargs, tensor)
         layer = operations.get(call.layer) or model.get_layer(call.layer)
         try:
-            output = layer(first if call.as_list else first[0], *args, **kwargs)
+            if call.first is not None:  # constants in the first argument (`2.0 - x`)
+                first = resolve(call.first, tensor)
+            elif not call.as_list:
+                first = first[0]
+            output = layer(first, *args, **kwargs)
         except Exception as exc:
             message = " ".join(str(exc).split())[:300]
             raise KerascheckError(

@@ -20,7 +20,7 @@ from helpers import assert_matches, keras_module, keras_predict, make_input, sav
 
 import kerascheck
 from kerascheck.engine.layers.tf_ops import TF_FUNCTIONS
-from kerascheck.errors import KerascheckError, UnsafeModelError
+from kerascheck.errors import UnsafeModelError
 
 SHAPE = (3, 4)
 
@@ -54,6 +54,7 @@ KERAS2_CASES = {
     "add-operator": lambda tf, x, y: x + y,
     "math.add": lambda tf, x, y: tf.math.add(x, y),
     "subtract-constant": lambda tf, x, y: x - 1.5,
+    "constant-first": lambda tf, x, y: [2.0 - x, 3.0 * x, 1.0 / (x * x + 1.0)],
     "subtract": lambda tf, x, y: tf.math.subtract(x, y),
     "multiply": lambda tf, x, y: tf.math.multiply(x, y),
     "multiply-constant": lambda tf, x, y: x * 2.0,
@@ -145,16 +146,6 @@ def test_unlisted_tf_function_is_refused_by_name(tmp_path, ext):
     assert "allow-list" in message
 
 
-def test_constant_first_argument_is_a_clear_error(tmp_path):
-    """`2.0 - x` calls `tf.math.subtract(2.0, y=x)`: tf_keras writes the constant as a
-    `_CONSTANT_VALUE` first argument, which kerascheck does not run (yet)."""
-    path = _tf_keras_file(tmp_path, lambda tf, x, y: 2.0 - x)
-    with pytest.raises(
-        KerascheckError, match=r"'tf\.math\.subtract(_\d+)?' \(TFOpLambda\).*constant 2\.0"
-    ):
-        kerascheck.load(path).predict([make_input((2, *SHAPE))] * 2)
-
-
 def test_every_allowed_symbol_is_a_tensorflow_name():
     """The allow-list names what tf_keras writes: canonical TensorFlow API names."""
     tf = _tf()
@@ -170,6 +161,7 @@ def test_every_allowed_symbol_is_a_tensorflow_name():
 KERAS3_CASES = {
     "add": lambda ops, x, y: [ops.add(x, y), x + y],
     "subtract-multiply": lambda ops, x, y: [x - 1.5, ops.subtract(x, y), x * 2.0, x * y],
+    "constant-first": lambda ops, x, y: [2.0 - x, ops.subtract(1.0, x), 3.0 * x],
     "divide": lambda ops, x, y: [x / y, ops.divide(x, 3.0)],
     "maximum-minimum": lambda ops, x, y: [ops.maximum(x, 0.1), ops.minimum(x, y)],
     "power-negative-abs": lambda ops, x, y: [x**2, -x, abs(x), ops.square(x)],
