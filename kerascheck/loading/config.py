@@ -328,7 +328,7 @@ def _parse_node(node, ref, layer: LayerSpec, source: str):
         # TFOpLambda keeps its first argument's structure: a bare reference for one tensor,
         # a list for a list (tf_keras engine/node.py `serialize`, `_preserve_input_structure`).
         bare = bool(node) and isinstance(node[0], str)
-        items = [node] if bare else node
+        items = [node] if bare else list(_legacy_entries(node))
         inputs, kwargs, template = [], {}, []
         for item in items:
             if isinstance(item, list) and item and item[0] == "_CONSTANT_VALUE":
@@ -347,6 +347,16 @@ def _parse_node(node, ref, layer: LayerSpec, source: str):
             first = template if as_list else template[0]
         return inputs, as_list, kwargs, [], first
     raise KerascheckError(f"{source}: layer '{layer.name}' has an unreadable inbound node")
+
+
+def _legacy_entries(node: list):
+    """Keras 2 node entries, flattened: nested initial states of stacked RNN cells are
+    written as nested lists (`[[x...], [h1...], [[h2...], [c2...]]]`)."""
+    for item in node:
+        if isinstance(item, list) and item and isinstance(item[0], list):
+            yield from _legacy_entries(item)
+        else:
+            yield item
 
 
 def _with_refs(value, ref, caller: str):

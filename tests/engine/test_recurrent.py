@@ -320,11 +320,8 @@ def test_rnn_cells(tmp_path, cell, ext):
 
 @pytest.mark.parametrize("ext", [".keras", ".h5"])
 def test_stacked_cells_masked_with_initial_states(tmp_path, ext):
-    """Stacked cells take their initial states nested per cell.
-
-    Keras 3 only: Keras 2 writes nested inbound-node entries ([[s1], [s2]]) for this,
-    which kerascheck's loader (loading/config.py) does not read yet.
-    """
+    """Stacked cells take their initial states nested per cell (Keras 2 writes nested
+    inbound-node entries for them)."""
 
     def make(k):
         x = k.Input(shape=(6, 2))
@@ -335,7 +332,7 @@ def test_stacked_cells_masked_with_initial_states(tmp_path, ext):
         return [x, *s], layer(k.layers.Masking()(x), initial_state=[s[0], [s[1], s[2]]])
 
     data = [masked_input((3, 6, 2)), *(make_input((3, n), i) for i, n in enumerate((2, 3, 3)))]
-    check_model(tmp_path, make, data, KERAS3, exts=(ext,))
+    check_model(tmp_path, make, data, exts=(ext,))
 
 
 def test_stacked_cells_masked(tmp_path):
