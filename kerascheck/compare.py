@@ -54,7 +54,7 @@ class LayerDiff:
     name: str
     class_name: str
     output_shape: list
-    status: str  # "match", "mismatch" or "skipped"
+    status: str  # "match", "mismatch", "drift" (carried error only) or "skipped"
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
     mean_abs_diff: float | None = None

@@ -48,12 +48,14 @@ def test_junit_and_markdown_report_a_divergence(tmp_path, monkeypatch):
     assert result.exit_code == 1
     suite = ElementTree.parse(junit).getroot().find("testsuite")
     failed = [c.get("name") for c in suite.findall("testcase") if c.find("failure") is not None]
-    assert failed == ["dense", "dense_1"]  # the broken layer and the one it feeds
+    assert failed == ["dense"]  # the broken layer; the one it feeds only drifts
+    drift = suite.find("testcase[@name='dense_1']/system-out").text
+    assert "status=drift" in drift
     text = suite.find("testcase[@name='dense']/failure").text
     assert "max_abs_diff=" in text and "own_status=mismatch" in text
     summary = markdown.read_text()
     assert "❌" in summary and "**First divergence:** `dense`" in summary
-    assert "| `dense_1` | Dense |" in summary
+    assert "| `dense_1` | Dense |" in summary and "| drift |" in summary
 
 
 def test_save_outputs_holds_both_sides(tmp_path):
