@@ -24,3 +24,11 @@ def test_application_matches_keras_layer_by_layer(name, tmp_path):
     result = zoo.check(name, str(tmp_path))
     assert result["status"] == "match", result
     assert result["layers"] > 50
+
+
+@pytest.mark.parametrize("name", ["EfficientNetV2B0", "ConvNeXtTiny"])
+def test_keras2_application_matches(name, tmp_path):
+    """tf_keras .h5 files: a TensorFlow initializer in the config (never built, so not
+    refused) and ConvNeXt's own LayerScale, which tf_keras itself only loads when told."""
+    result = zoo.check(name, str(tmp_path), flavor="tf_keras")
+    assert result["status"] == "match", result

@@ -16,7 +16,7 @@ All of that is resolved here, once.
 from __future__ import annotations
 
 from ..errors import KerascheckError
-from .safety import MODEL_CLASSES, TF_OP_LAYERS, check_layer_entry
+from .safety import APPLICATION_LAYERS, MODEL_CLASSES, TF_OP_LAYERS, check_layer_entry
 from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef, tensor_refs
 
 
@@ -109,6 +109,8 @@ def _class_name(entry: dict) -> str:
     """The engine class: a Keras 3 operation node sharing a layer's name gets an `Op`
     suffix (`keras.src.ops.numpy.Add` -> `AddOp`), so the two never meet."""
     name, module = entry["class_name"], entry.get("module")
+    if name in APPLICATION_LAYERS:  # tf_keras' `Custom>CustomScaleLayer`
+        return APPLICATION_LAYERS[name]
     if (
         name in OP_NAMES_OF_LAYERS
         and isinstance(module, str)

@@ -23,6 +23,12 @@ TF_OP_LAYERS = {"TFOpLambda", "SlicingOpLambda"}
 MODEL_CLASSES = {"Functional", "Model", "Sequential"}
 # Keys whose string value Keras treats as a path to read (lookup layers' vocabularies).
 PATH_KEYS = ("vocabulary", "vocabulary_file", "idf_weights")
+# Training-time objects: never built for inference, so whatever module they name is
+# irrelevant (tf_keras EfficientNetV2 writes a TensorFlow `Constant` initializer).
+TRAINING_ONLY_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+# Layers that keras.applications itself defines and tf_keras registers under the
+# package "Custom"; kerascheck implements them (engine/layers/applications.py).
+APPLICATION_LAYERS = {"Custom>CustomScaleLayer": "CustomScaleLayer"}
 
 
 def check_layer_entry(entry: dict, source: str = "") -> None:
@@ -45,7 +51,8 @@ def _check_entry(entry: dict) -> None:
         )
     if class_name in TF_OP_LAYERS:
         _check_tf_function(name, class_name, config.get("function"))
-    if isinstance(class_name, str) and ">" in class_name:  # Keras 2 writes `Package>Class`
+    if isinstance(class_name, str) and ">" in class_name and class_name not in APPLICATION_LAYERS:
+        # Keras 2 writes custom classes as `Package>Class`
         raise UnsafeModelError(
             f"layer '{name}' is the custom class '{class_name}'; expected built-in Keras "
             "layers only (kerascheck never imports custom code)"
@@ -57,7 +64,8 @@ def _check_entry(entry: dict) -> None:
             "Keras layers only (kerascheck never imports custom code)"
         )
     registered = entry.get("registered_name")
-    if registered not in (None, class_name) and registered not in MODEL_CLASSES:
+    known = registered in MODEL_CLASSES or registered in APPLICATION_LAYERS
+    if registered not in (None, class_name) and not known:
         raise UnsafeModelError(
             f"layer '{name}' is the custom class '{registered}'; expected built-in Keras "
             "layers only (kerascheck never imports custom code)"
@@ -117,8 +125,9 @@ def _check_values(value, name: str, class_name: str) -> None:
                 f"'{registered}'; expected built-in Keras objects only (kerascheck never "
                 "imports custom code)"
             )
-        for item in value.values():
-            _check_values(item, name, class_name)
+        for key, item in value.items():
+            if not str(key).endswith(TRAINING_ONLY_SUFFIXES):
+                _check_values(item, name, class_name)
     elif isinstance(value, list):
         for item in value:
             _check_values(item, name, class_name)

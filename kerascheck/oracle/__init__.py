@@ -95,12 +95,29 @@ def load_keras_model(path: str, flavor: str):
     """Load with the chosen Keras, safe mode on; a failure is reported, not raised raw."""
     module = _import(flavor)
     try:
-        return module.models.load_model(path, compile=False, safe_mode=True)
+        return module.models.load_model(
+            path, compile=False, safe_mode=True, custom_objects=_application_layers(flavor)
+        )
     except Exception as exc:  # Keras raises many types for files it cannot read
         message = " ".join(str(exc).split())[:400]
         raise KerascheckError(
             f"{flavor} {module.__version__} cannot load {path}: {type(exc).__name__}: {message}"
         )
+
+
+def _application_layers(flavor: str) -> dict:
+    """Layer classes keras.applications defines for itself, which tf_keras does not find
+    by name when loading (ConvNeXt's LayerScale, InceptionResNetV2's CustomScaleLayer).
+    They are Keras' own code, imported from Keras, never from the model file."""
+    if flavor != "tf_keras":
+        return {}
+    from tf_keras.src.applications import convnext, inception_resnet_v2
+
+    return {
+        "LayerScale": convnext.LayerScale,
+        "StochasticDepth": convnext.StochasticDepth,
+        "Custom>CustomScaleLayer": inception_resnet_v2.CustomScaleLayer,
+    }
 
 
 class KerasRunner:
