@@ -158,6 +158,10 @@ def random_inputs(
         if "int" in inp.dtype:
             bound = _index_bound(spec, inp.name)
             arrays.append(rng.integers(0, bound, size=shape).astype(inp.dtype))
+        elif _embedding_bound(spec, inp.name) is not None:
+            # Keras 2 Embedding models often declare float inputs holding indices
+            bound = _embedding_bound(spec, inp.name)
+            arrays.append(rng.integers(0, bound, size=shape).astype(inp.dtype))
         elif inp.dtype == "bool":  # masks, e.g. an attention_mask input
             arrays.append(rng.integers(0, 2, size=shape).astype(bool))
         elif inp.dtype in ("float16", "float32", "float64", "bfloat16"):
@@ -171,7 +175,7 @@ def random_inputs(
     return arrays
 
 
-def _index_bound(spec: ModelSpec, input_name: str) -> int:
+def _embedding_bound(spec: ModelSpec, input_name: str) -> int | None:
     """The smallest `input_dim` of the Embedding layers reading this input directly."""
     bounds = [
         spec.layers[call.layer].config.get("input_dim")
@@ -180,7 +184,11 @@ def _index_bound(spec: ModelSpec, input_name: str) -> int:
         and any(ref.layer == input_name for ref in call.inputs)
     ]
     bounds = [b for b in bounds if isinstance(b, int) and b > 0]
-    return min(bounds) if bounds else DEFAULT_INDEX_BOUND
+    return min(bounds) if bounds else None
+
+
+def _index_bound(spec: ModelSpec, input_name: str) -> int:
+    return _embedding_bound(spec, input_name) or DEFAULT_INDEX_BOUND
 
 
 def read_inputs(path: str, spec: ModelSpec, layout: str = "channels_last") -> list[np.ndarray]:

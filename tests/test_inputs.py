@@ -206,3 +206,17 @@ def test_unreadable_input_files(tmp_path, content, fragment):
 
 def test_directory_as_input(tmp_path):
     _fails(lambda: read_inputs(str(tmp_path), ONE), "is a directory")
+
+
+def test_random_inputs_for_a_keras2_float_embedding_input(tmp_path):
+    """tf_keras Sequential Embedding models declare float32 inputs that hold indices."""
+    k = keras_module("tf_keras")
+    model = k.Sequential([k.layers.Embedding(7, 3, input_length=5), k.layers.Flatten()])
+    model.build((None, 5))
+    path = tmp_path / "embedding.h5"
+    model.save(path)
+    spec = read_model(path)
+    assert spec.inputs[0].dtype == "float32"
+    (x,) = random_inputs(spec, batch=50, seed=1)
+    assert x.dtype == np.float32 and np.all(x == np.round(x))
+    assert x.min() >= 0 and x.max() <= 6 and len(np.unique(x)) == 7
