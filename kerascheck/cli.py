@@ -533,6 +533,45 @@ def audit(
 
 @main.command()
 @click.argument("model_path", metavar="MODEL")
+@click.argument("input_path", metavar="[INPUT]", required=False)
+@click.option("--layer", required=True, help="The layer (or call, `name#1`) to explain.")
+@click.option(
+    "--index",
+    required=True,
+    metavar="N,I,J,...",
+    help="The output element, batch index first, e.g. 0,3,1,7.",
+)
+@input_options
+@friendly_errors
+def explain(model_path, input_path, layer, index, seed, batch, batch_size, input_layout):
+    """Spell out the arithmetic of one output element (Conv, Dense, Flatten).
+
+    Shows the input cells a convolution reads (zero padding included), each kernel
+    tap's contribution, the bias and the activation, or where a Flatten output
+    comes from; no TensorFlow needed.
+    """
+    from rich.text import Text
+
+    from .explain import explain as explain_element
+
+    try:
+        coordinates = tuple(int(part) for part in index.split(","))
+    except ValueError:
+        raise KerascheckError(f"--index expects integers like 0,3,1,7, found '{index}'")
+    model = _load(model_path)
+    inputs = _inputs(model, input_path, seed, batch, input_layout)
+    result = explain_element(model, inputs, layer, coordinates)
+    console = _console()
+    console.print(Text(f"{result.layer}{list(result.index)} = {result.value:.7g}", style="bold"))
+    for line in result.lines:
+        console.print(line, markup=False)
+    console.print(
+        f"engine value {result.value:.7g}; rebuilt from the terms above {result.recomputed:.7g}"
+    )
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
 @friendly_errors
 def summary(model_path):
     """The architecture as the engine sees it (no TensorFlow needed)."""
