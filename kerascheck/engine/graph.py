@@ -29,6 +29,7 @@ class Graph:
             for name, layer in spec.layers.items()
             if layer.class_name != "InputLayer"
         }
+        self._released_after = self._release_schedule()
 
     def run(self, inputs: list[np.ndarray], keep: bool = True, input_masks=None):
         """Return (model outputs, {call name: output}) for one batch.
@@ -44,7 +45,6 @@ class Graph:
             for spec, mask in zip(self.spec.inputs, input_masks or [None] * len(inputs))
         }
         per_call = {}
-        last_use = self._last_use() if not keep else {}
         for position, call in enumerate(self.spec.calls):
             output, mask = self.run_call(call, values, masks)
             values[(call.layer, call.index)] = output
@@ -52,7 +52,7 @@ class Graph:
             if keep:
                 per_call[call.name] = output
             else:
-                for key in [k for k, last in last_use.items() if last == position]:
+                for key in self._released_after[position]:
                     values.pop(key, None)
                     masks.pop(key, None)
         outputs = [_pick(values, ref) for ref in self.spec.outputs]
@@ -124,15 +124,19 @@ class Graph:
                 if f"{name}_mask" in params and kwargs.get(f"{name}_mask") is None:
                     kwargs[f"{name}_mask"] = value
 
-    def _last_use(self) -> dict[tuple[str, int], int]:
-        """For each produced value, the position of the last call that reads it."""
+    def _release_schedule(self) -> list[list[tuple[str, int]]]:
+        """For each call position, the values no later call (nor the output) reads."""
         last = {}
         for position, call in enumerate(self.spec.calls):
             for ref in call.refs:
                 last[(ref.layer, ref.call)] = position
         for ref in self.spec.outputs:
             last[(ref.layer, ref.call)] = len(self.spec.calls)
-        return last
+        schedule = [[] for _ in self.spec.calls]
+        for key, position in last.items():
+            if position < len(schedule):
+                schedule[position].append(key)
+        return schedule
 
     def param_count(self) -> int:
         return sum(layer.param_count() for layer in self.layers.values())
