@@ -306,3 +306,98 @@ def resolve(value, keras_major: int = 3):
     except KeyError:
         known = ", ".join(sorted([*COMMON, "hard_sigmoid"]))
         raise KerascheckError(f"unknown activation '{name}'; supported: {known}") from None
+
+
+# -- derivatives ---------------------------------------------------------------
+# Each entry maps an activation to `d_input(x, y, dy)`: the gradient with respect
+# to the pre-activation `x`, given the output `y` and the upstream gradient `dy`.
+# At the kinks TensorFlow's choices hold: relu'(0) = 0, leaky_relu'(0) = slope,
+# elu'(0) = 1, and clipped ranges pass the gradient strictly inside only.
+
+
+def _inside(x, low, high):
+    return ((x > _c(x, low)) & (x < _c(x, high))).astype(x.dtype)
+
+
+def _softmax_backward(x, y, dy, axis=-1):
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+
+
+def _log_softmax_backward(x, y, dy, axis=-1):
+    return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)
+
+
+def _gelu_backward(x, y, dy, approximate=False):
+    if approximate:
+        c = _c(x, math.sqrt(2 / math.pi))
+        t = np.tanh(c * (x + _c(x, 0.044715) * x**3))
+        inner = c * (_c(x, 1.0) + _c(x, 3 * 0.044715) * x * x)
+        grad = _c(x, 0.5) * (_c(x, 1.0) + t) + _c(x, 0.5) * x * (_c(x, 1.0) - t * t) * inner
+        return dy * grad
+    pdf = np.exp(-_c(x, 0.5) * x * x) / _c(x, math.sqrt(2 * math.pi))
+    cdf = _c(x, 0.5) * (_c(x, 1.0) + erf(x / _c(x, math.sqrt(2.0))))
+    return dy * (cdf + x * pdf)
+
+
+def _glu_backward(x, y, dy, axis=-1):
+    a, b = np.split(x, 2, axis=axis)
+    s = sigmoid(b)
+    return np.concatenate([dy * s, dy * a * s * (_c(x, 1.0) - s)], axis=axis)
+
+
+def _mish_backward(x, y, dy):
+    t = np.tanh(softplus(x))
+    return dy * (t + x * (_c(x, 1.0) - t * t) * sigmoid(x))
+
+
+def _hard_silu_backward(x, y, dy):
+    return dy * (relu6(x + _c(x, 3.0)) / _c(x, 6.0) + x * _inside(x, -3.0, 3.0) / _c(x, 6.0))
+
+
+DERIVATIVES = {
+    linear: lambda x, y, dy: dy,
+    relu: lambda x, y, dy: dy * (x > 0),
+    relu6: lambda x, y, dy: dy * _inside(x, 0.0, 6.0),
+    sigmoid: lambda x, y, dy: dy * y * (_c(x, 1.0) - y),
+    hard_sigmoid_keras3: lambda x, y, dy: dy * _inside(x, -3.0, 3.0) / _c(x, 6.0),
+    hard_sigmoid_keras2: lambda x, y, dy: dy * _c(x, 0.2) * _inside(x, -2.5, 2.5),
+    hard_silu: _hard_silu_backward,
+    tanh: lambda x, y, dy: dy * (_c(x, 1.0) - y * y),
+    softmax: _softmax_backward,
+    log_softmax: _log_softmax_backward,
+    softplus: lambda x, y, dy: dy * sigmoid(x),
+    softsign: lambda x, y, dy: dy / (_c(x, 1.0) + np.abs(x)) ** 2,
+    elu: lambda x, y, dy: np.where(x > 0, dy, dy * (y + _c(x, 1.0))),
+    selu: lambda x, y, dy: (
+        dy
+        * _c(x, SELU_SCALE)
+        * np.where(x > 0, _c(x, 1.0), _c(x, SELU_ALPHA) * np.exp(np.minimum(x, _c(x, 0.0))))
+    ),
+    gelu: _gelu_backward,
+    swish: lambda x, y, dy: dy * (sigmoid(x) * (_c(x, 1.0) + x * (_c(x, 1.0) - sigmoid(x)))),
+    mish: _mish_backward,
+    exponential: lambda x, y, dy: dy * y,
+    leaky_relu: lambda x, y, dy: np.where(x > 0, dy, dy * _c(x, 0.2)),
+    log_sigmoid: lambda x, y, dy: dy * sigmoid(-x),
+    hard_tanh: lambda x, y, dy: dy * _inside(x, -1.0, 1.0),
+    celu: lambda x, y, dy: np.where(x > 0, dy, dy * np.exp(np.minimum(x, _c(x, 0.0)))),
+    tanh_shrink: lambda x, y, dy: dy * np.tanh(x) ** 2,
+    squareplus: lambda x, y, dy: dy * (_c(x, 1.0) + x / np.sqrt(x * x + _c(x, 4.0))) / _c(x, 2.0),
+    soft_shrink: lambda x, y, dy: dy * (np.abs(x) > _c(x, 0.5)),
+    hard_shrink: lambda x, y, dy: dy * (np.abs(x) > _c(x, 0.5)),
+    sparse_plus: lambda x, y, dy: (
+        dy
+        * np.where(x <= -1, _c(x, 0.0), np.where(x >= 1, _c(x, 1.0), (x + _c(x, 1.0)) / _c(x, 2.0)))
+    ),
+    sparse_sigmoid: lambda x, y, dy: dy * _c(x, 0.5) * _inside(x, -1.0, 1.0),
+    glu: _glu_backward,
+}
+
+
+def backward(fn, x, y, dy):
+    """Gradient with respect to the input of activation `fn`, at input `x` and output `y`."""
+    try:
+        derivative = DERIVATIVES[fn]
+    except KeyError:
+        raise KerascheckError(f"no derivative for activation '{fn.__name__}'") from None
+    return derivative(x, y, dy).astype(x.dtype, copy=False)

@@ -60,6 +60,29 @@ class Layer:
         """The output's mask; Keras' default passes the input's mask through."""
         return mask
 
+    def vjp(self, inputs, *args, training: bool = False, noise=None, **kwargs):
+        """The call's output and its backward (vector-Jacobian product).
+
+        Returns `(output, backward)`; `backward(d_output)` returns
+        `(d_inputs, d_weights)`: `d_inputs` shaped like `inputs` (an array, or a
+        list for list inputs; None for an input without a gradient, such as
+        integer indices), `d_weights` a dict of the *trainable* weights'
+        gradients by weight name. `training=True` computes what `fit` computes
+        (batch statistics, active dropout); `noise` is the dropout mask Keras
+        realized, for the layers that draw one (`uses_noise`).
+
+        A layer with an `activation` composes its pre-activation backward with
+        `activations.backward` via `with_activation`; the returned `backward`
+        then has a `pre_activation` attribute the loss may call directly (the
+        logits path of cross-entropy).
+        """
+        raise self.error(
+            "kerascheck has no backward pass for this layer class yet; "
+            f"`grad` cannot differentiate through {self.class_name}"
+        )
+
+    uses_noise = False  # True for layers whose training-mode output draws a random mask
+
     # -- shared machinery --------------------------------------------------
     def build(self, input_shape) -> None:
         """Check the stored weights against the config and bind them by name."""
@@ -83,6 +106,29 @@ class Layer:
 
     def error(self, message: str) -> KerascheckError:
         return KerascheckError(f"layer '{self.name}' ({self.class_name}): {message}")
+
+
+def with_activation(activation, z, backward_z):
+    """`activation(z)` and a backward through it and then `backward_z`.
+
+    The backward keeps `backward_z` as `pre_activation`, so a caller holding
+    the gradient with respect to `z` itself (cross-entropy computed from the
+    logits) can skip the activation.
+    """
+    from . import activations
+
+    y = activation(z)
+
+    def backward(d_output):
+        return backward_z(activations.backward(activation, z, y, d_output))
+
+    backward.pre_activation = backward_z
+    return y, backward
+
+
+def frozen(layer: Layer) -> bool:
+    """Keras gives no weight gradients for a layer saved with `trainable: false`."""
+    return layer.config.get("trainable", True) is False
 
 
 def as_tuple(value, rank: int) -> tuple:

@@ -65,6 +65,14 @@ class Graph:
 
         Returns (output, output mask). Also used to feed a layer Keras' own inputs.
         """
+        output, out_mask, _ = self._invoke(call, values, masks, None)
+        return output, out_mask
+
+    def vjp_call(self, call: CallSpec, values: dict, masks: dict | None, training: bool, noise):
+        """(output, output mask, backward) of one call; see `Layer.vjp`."""
+        return self._invoke(call, values, masks, (training, noise))
+
+    def _invoke(self, call: CallSpec, values: dict, masks: dict | None, differentiate):
         layer = self.layers[call.layer]
         masks = masks or {}
         first = [_pick(values, ref) for ref in call.inputs]
@@ -84,9 +92,16 @@ class Graph:
         try:
             if not layer.built:
                 layer.build(shapes)
-            output = layer.call(inputs, *args, **kwargs)
+            backward = None
+            if differentiate is None:
+                output = layer.call(inputs, *args, **kwargs)
+            else:
+                training, noise = differentiate
+                output, backward = layer.vjp(
+                    inputs, *args, training=training, noise=noise, **kwargs
+                )
             out_mask = layer.compute_mask(inputs, mask) if layer.supports_masking else None
-            return output, out_mask
+            return output, out_mask, backward
         except KerascheckError:
             raise
         except Exception as exc:  # numpy's own message, tied to the layer

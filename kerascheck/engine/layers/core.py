@@ -8,7 +8,8 @@ import re
 import numpy as np
 
 from .. import activations
-from ..base import Layer, data_format
+from ..base import Layer, data_format, with_activation
+from ..gather import CopiesElements
 
 
 class Dense(Layer):
@@ -32,6 +33,21 @@ class Dense(Layer):
         if self.use_bias:
             y = y + self.w["bias"]
         return self.activation(y)
+
+    def vjp(self, x, training=False, noise=None):
+        kernel = self.w["kernel"]
+        z = np.matmul(x, kernel)
+        if self.use_bias:
+            z = z + self.w["bias"]
+
+        def backward(dz):
+            rows = dz.reshape(-1, self.units)
+            grads = {"kernel": x.reshape(-1, x.shape[-1]).T @ rows}
+            if self.use_bias:
+                grads["bias"] = rows.sum(axis=0)
+            return np.matmul(dz, kernel.T), grads
+
+        return with_activation(self.activation, z, backward)
 
 
 class EinsumDense(Layer):
@@ -60,6 +76,39 @@ class EinsumDense(Layer):
         if "bias" in self.w:
             y = y + self.w["bias"]
         return self.activation(y)
+
+    def vjp(self, x, training=False, noise=None):
+        kernel = self.w["kernel"]
+        z = np.einsum(self.equation, x, kernel, optimize=True)
+        if "bias" in self.w:
+            z = z + self.w["bias"]
+        in_spec, w_spec, out_spec = _einsum_specs(self.equation, x.ndim, z.ndim)
+
+        def backward(dz):
+            grads = {"kernel": np.einsum(f"{in_spec},{out_spec}->{w_spec}", x, dz, optimize=True)}
+            if "bias" in self.w:
+                grads["bias"] = _sum_to_shape(dz, self.w["bias"].shape)
+            dx = np.einsum(f"{out_spec},{w_spec}->{in_spec}", dz, kernel, optimize=True)
+            return dx, grads
+
+        return with_activation(self.activation, z, backward)
+
+
+def _einsum_specs(equation, in_rank, out_rank):
+    """Explicit letters for an EinsumDense equation (its `...` spelled out)."""
+    left, out_spec = equation.replace(" ", "").split("->")
+    in_spec, w_spec = left.split(",")
+    spare = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    dots = "".join(next(spare) for _ in range(in_rank - len(in_spec.replace("...", ""))))
+    return in_spec.replace("...", dots), w_spec, out_spec.replace("...", dots)
+
+
+def _sum_to_shape(gradient, shape):
+    """Sum a gradient over the axes a broadcast weight of `shape` was expanded along."""
+    lead = gradient.ndim - len(shape)
+    total = gradient.sum(axis=tuple(range(lead))) if lead else gradient
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and total.shape[i] != 1)
+    return total.sum(axis=axes, keepdims=True) if axes else total
 
 
 # Keras' three equation forms (after `...` -> `0`); the flag says the ellipsis is on the left.
@@ -115,6 +164,9 @@ class Activation(Layer):
     def call(self, x):
         return self.fn(x)
 
+    def vjp(self, x, training=False, noise=None):
+        return with_activation(self.fn, x, lambda dz: (dz, {}))
+
 
 class Identity(Layer):
     """Layers that are the identity at inference time."""
@@ -124,32 +176,64 @@ class Identity(Layer):
     def call(self, x):
         return x
 
+    def vjp(self, x, training=False, noise=None):
+        return x, lambda d: (d, {})
 
-class Dropout(Identity):
+
+class RandomNoise(Identity):
+    """Dropout and noise layers: the identity at inference; in training `x * scale + shift`.
+
+    `noise` is the `(scale, shift)` pair Keras realized (the oracle reads it),
+    so the engine applies exactly Keras' mask. Without it (`--reference numpy`)
+    the engine draws its own, seeded, with `draw`.
+    """
+
+    uses_noise = True
+
+    def setup(self, config):
+        self.rate = float(config.get("rate", config.get("stddev", 0.0)) or 0.0)
+
+    def vjp(self, x, training=False, noise=None):
+        if not training:
+            return super().vjp(x)
+        scale, shift = noise if noise is not None else self.draw(x)
+        scale = np.asarray(scale, x.dtype)
+        return (x * scale + np.asarray(shift, x.dtype)).astype(x.dtype), lambda d: (d * scale, {})
+
+    def draw(self, x):
+        rng = np.random.default_rng(0)
+        keep = rng.random(x.shape) >= self.rate
+        return keep / (1.0 - self.rate) if self.rate < 1 else keep * 0.0, 0.0
+
+
+class Dropout(RandomNoise):
     pass
 
 
-class SpatialDropout1D(Identity):
+class SpatialDropout1D(RandomNoise):
     pass
 
 
-class SpatialDropout2D(Identity):
+class SpatialDropout2D(RandomNoise):
     pass
 
 
-class SpatialDropout3D(Identity):
+class SpatialDropout3D(RandomNoise):
     pass
 
 
-class GaussianNoise(Identity):
-    pass
+class GaussianNoise(RandomNoise):
+    def draw(self, x):
+        return 1.0, np.random.default_rng(0).normal(0.0, self.rate, x.shape)
 
 
-class GaussianDropout(Identity):
-    pass
+class GaussianDropout(RandomNoise):
+    def draw(self, x):
+        stddev = np.sqrt(self.rate / (1.0 - self.rate))
+        return np.random.default_rng(0).normal(1.0, stddev, x.shape), 0.0
 
 
-class AlphaDropout(Identity):
+class AlphaDropout(RandomNoise):
     pass
 
 
@@ -157,7 +241,7 @@ class ActivityRegularization(Identity):
     pass
 
 
-class Flatten(Layer):
+class Flatten(CopiesElements, Layer):
     """Channels-first inputs are moved to channels-last first, as Keras does."""
 
     def setup(self, config):
@@ -169,7 +253,7 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
 
-class Reshape(Layer):
+class Reshape(CopiesElements, Layer):
     def setup(self, config):
         self.target_shape = tuple(int(d) for d in config["target_shape"])
 
@@ -177,7 +261,7 @@ class Reshape(Layer):
         return x.reshape(x.shape[0], *self.target_shape)
 
 
-class Permute(Layer):
+class Permute(CopiesElements, Layer):
     def setup(self, config):
         self.axes = (0, *(int(d) for d in config["dims"]))
 
@@ -185,7 +269,7 @@ class Permute(Layer):
         return np.transpose(x, self.axes)
 
 
-class RepeatVector(Layer):
+class RepeatVector(CopiesElements, Layer):
     def setup(self, config):
         self.n = int(config["n"])
 

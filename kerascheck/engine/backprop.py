@@ -1,0 +1,180 @@
+"""Backpropagation through an engine Graph: a forward that keeps each call's backward,
+and a reverse walk that adds gradients up over fan-out and over a shared layer's calls.
+
+Two ways to run it, mirroring `diff`:
+
+- **carried**: `forward` on the engine's own values, then `backward` from the
+  loss gradient: the engine's chain end to end.
+- **own**: `forward(feed=...)` gives every call Keras' forward values as inputs,
+  and `own_backward` feeds every call Keras' upstream gradient, so each call's
+  backward is judged alone.
+
+No TensorFlow here: `feed` and the upstream gradients are plain arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import KerascheckError
+from ..loading.spec import TensorRef
+from .base import frozen
+from .graph import Graph, _pick
+
+
+@dataclass
+class Tape:
+    """A training-mode forward: outputs, every call's output and backward."""
+
+    outputs: list
+    per_call: dict  # {call name: output}
+    backwards: dict  # {call name: backward}
+    values: dict  # {(layer, call index): output}
+
+
+@dataclass
+class Gradients:
+    """What a backward walk produced."""
+
+    d_outputs: dict = field(default_factory=dict)  # {call name: dL/d output (list if several)}
+    d_inputs: dict = field(default_factory=dict)  # {call name: [this call's dL/d each input]}
+    weights: dict = field(default_factory=dict)  # {layer name: {weight name: dL/dw}}
+    model_inputs: list = field(default_factory=list)  # dL/d each model input
+
+
+def forward(
+    graph: Graph,
+    inputs: list[np.ndarray],
+    training: bool = True,
+    noise: dict | None = None,
+    feed: dict | None = None,
+) -> Tape:
+    """Run every call through `Layer.vjp`.
+
+    `noise` maps call names to the `(scale, shift)` Keras realized in its
+    dropout and noise layers. With `feed` ({call name: Keras' output}) each call
+    reads Keras' values instead of the engine's, for own errors.
+    """
+    noise = noise or {}
+    values = {(spec.name, 0): array for spec, array in zip(graph.spec.inputs, inputs)}
+    masks = {(spec.name, 0): None for spec in graph.spec.inputs}
+    fed = dict(values)
+    per_call, backwards = {}, {}
+    for call in graph.spec.calls:
+        source = fed if feed is not None else values
+        output, mask, back = graph.vjp_call(call, source, masks, training, noise.get(call.name))
+        values[(call.layer, call.index)] = output
+        masks[(call.layer, call.index)] = mask
+        if feed is not None:
+            fed[(call.layer, call.index)] = feed[call.name]
+        per_call[call.name] = output
+        backwards[call.name] = back
+    outputs = [_pick(values, ref) for ref in graph.spec.outputs]
+    return Tape(outputs, per_call, backwards, values)
+
+
+def backward(graph: Graph, tape: Tape, d_outputs: list, pre_activation: dict | None = None):
+    """The engine's chain from the loss gradient with respect to each model output.
+
+    `pre_activation` maps an output call's name to dL/d(its pre-activation)
+    when the loss was computed from logits; that call then skips its activation.
+    """
+    pending: dict[tuple, np.ndarray] = {}
+    for ref, grad in zip(graph.spec.outputs, d_outputs):
+        if grad is not None:
+            _add(pending, ref, grad)
+    pre_activation = pre_activation or {}
+    result = Gradients()
+    for call in reversed(graph.spec.calls):
+        d_out = _gathered(pending, call, tape.per_call[call.name])
+        if d_out is None and call.name not in pre_activation:
+            continue
+        result.d_outputs[call.name] = d_out
+        d_inputs, d_weights = _apply(graph, tape, call, d_out, pre_activation.get(call.name))
+        result.d_inputs[call.name] = d_inputs
+        _add_weights(result.weights, graph, call, d_weights)
+        for ref, grad in zip(call.inputs, d_inputs):
+            if grad is not None:
+                _add(pending, ref, grad)
+    result.model_inputs = [pending.get((i.name, 0, 0)) for i in graph.spec.inputs]
+    return result
+
+
+def own_backward(graph: Graph, tape: Tape, keras_d_outputs: dict, pre_activation: dict | None):
+    """Every call's backward fed Keras' upstream gradient (and, via `tape`, Keras' inputs)."""
+    pre_activation = pre_activation or {}
+    result = Gradients()
+    for call in reversed(graph.spec.calls):
+        d_out = keras_d_outputs.get(call.name)
+        if _empty(d_out) and call.name not in pre_activation:
+            continue
+        d_out = _zeros_for_missing(d_out, tape.per_call[call.name])
+        d_inputs, d_weights = _apply(graph, tape, call, d_out, pre_activation.get(call.name))
+        result.d_inputs[call.name] = d_inputs
+        _add_weights(result.weights, graph, call, d_weights)
+    return result
+
+
+def _apply(graph, tape, call, d_out, d_pre):
+    back = tape.backwards[call.name]
+    if d_pre is not None:
+        step = getattr(back, "pre_activation", None)
+        if step is None:
+            raise KerascheckError(
+                f"layer '{call.layer}': the loss was taken from logits, but the layer has "
+                "no pre-activation backward"
+            )
+        d_inputs, d_weights = step(d_pre)
+    else:
+        d_inputs, d_weights = back(d_out)
+    if call.first is not None or call.args or any(_is_ref(v) for v in call.kwargs.values()):
+        raise KerascheckError(
+            f"layer '{call.layer}' ({graph.layers[call.layer].class_name}) is called with "
+            "tensors beyond its first argument; kerascheck's backward does not cover such "
+            "calls yet"
+        )
+    d_inputs = list(d_inputs) if call.as_list else [d_inputs]
+    return d_inputs, ({} if frozen(graph.layers[call.layer]) else d_weights)
+
+
+def _is_ref(value):
+    return isinstance(value, TensorRef) or (
+        isinstance(value, (list, tuple)) and any(isinstance(v, TensorRef) for v in value)
+    )
+
+
+def _add(pending, ref: TensorRef, grad):
+    key = (ref.layer, ref.call, ref.tensor)
+    pending[key] = grad if key not in pending else pending[key] + grad
+
+
+def _gathered(pending, call, output):
+    """dL/d this call's output(s), None where nothing downstream used it."""
+    if isinstance(output, (list, tuple)):
+        grads = [pending.pop((call.layer, call.index, i), None) for i in range(len(output))]
+        if all(g is None for g in grads):
+            return None
+        return [np.zeros_like(o) if g is None else g for g, o in zip(grads, output)]
+    return pending.pop((call.layer, call.index, 0), None)
+
+
+def _empty(value):
+    if isinstance(value, (list, tuple)):
+        return all(v is None for v in value)
+    return value is None
+
+
+def _zeros_for_missing(value, output):
+    if isinstance(value, (list, tuple)):
+        return [np.zeros_like(o) if v is None else v for v, o in zip(value, output)]
+    return value
+
+
+def _add_weights(weights, graph, call, d_weights):
+    if not d_weights:
+        return
+    into = weights.setdefault(call.layer, {})
+    for name, grad in d_weights.items():
+        into[name] = grad if name not in into else into[name] + grad
