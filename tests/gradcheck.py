@@ -31,7 +31,7 @@ def relative_error(ours, theirs) -> float:
 
 
 def keras_grads(model, x, dy, training):
-    """Keras' dL/dx and dL/dw for L = sum(y * dy): ({input index: grad}, {layer: {weight: grad}})."""
+    """Keras' ([dL/d each input], {layer: {weight: dL/dw}}) for L = sum(y * dy)."""
     import tensorflow as tf
 
     xs = [tf.constant(a) for a in (x if isinstance(x, list) else [x])]
