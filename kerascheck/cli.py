@@ -457,6 +457,132 @@ def _read_arrays(path: str) -> dict:
 
 
 @main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("input_path", metavar="INPUT")
+@click.argument("target_path", metavar="TARGET")
+@click.option(
+    "--loss", default=None, help="Loss name; default: the loss the file was compiled with."
+)
+@click.option("--from-logits", is_flag=True, help="The loss takes the model output as logits.")
+@click.option(
+    "--sample-weight",
+    "sample_weight_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A .npy of one weight per sample.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["train", "inference"]),
+    default="train",
+    show_default=True,
+    help="train: what fit computes (batch statistics, Keras' own dropout masks).",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(0),
+    default=None,
+    help="Tolerance relative to each gradient tensor's norm [default: 1e-3].",
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(0),
+    default=None,
+    help="Absolute floor per element (RMS) [default: 1e-9].",
+)
+@click.option(
+    "--save-grads",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write Keras' and the engine's loss and gradients to this .npz.",
+)
+@report_options
+@ORACLE_OPTION
+@click.option(
+    "--input-layout",
+    type=click.Choice(["channels_last", "channels_first"]),
+    default="channels_last",
+    show_default=True,
+    help="channels_first: INPUT arrays are (N, C, ...).",
+)
+@friendly_errors
+def grad(
+    model_path,
+    input_path,
+    target_path,
+    loss,
+    from_logits,
+    sample_weight_path,
+    mode,
+    rtol,
+    atol,
+    save_grads,
+    json_path,
+    junit_path,
+    markdown_path,
+    oracle,
+    input_layout,
+):
+    """Check the engine's backward pass against Keras' gradients, layer by layer.
+
+    Rows run in backward order, from the loss to the inputs. Exit code 0 when
+    every gradient agrees, 1 when one diverges, 2 when the check could not run.
+    """
+    from .grad import DEFAULT_GRAD_ATOL, DEFAULT_GRAD_RTOL, GradTolerance, grad_model
+    from .inputs import read_inputs
+    from .report import grad_report
+    from .targets import read_sample_weight, read_targets
+
+    model = _load(model_path)
+    inputs = read_inputs(input_path, model.spec, layout=input_layout)
+    inputs = [np.asarray(a) for a in inputs]
+    targets = read_targets(target_path, model.spec)
+    sample_weight = (
+        read_sample_weight(sample_weight_path, int(inputs[0].shape[0]))
+        if sample_weight_path
+        else None
+    )
+    if save_grads and not save_grads.endswith(".npz"):
+        raise KerascheckError(f"{save_grads}: expected an .npz path for --save-grads")
+    loss_option = _loss_option(model, loss, from_logits)
+    tolerance = GradTolerance(
+        rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol,
+        atol=DEFAULT_GRAD_ATOL if atol is None else atol,
+    )
+    result = grad_model(
+        model_path,
+        model,
+        inputs,
+        targets,
+        loss_option=loss_option,
+        sample_weight=sample_weight,
+        mode=mode,
+        oracle=oracle,
+        tolerance=tolerance,
+        save=save_grads is not None,
+    )
+    from .report.json_report import dumps
+
+    _write(json_path, dumps(grad_report.grad_json(result)) + "\n")
+    _write(junit_path, grad_report.grad_junit(result))
+    _write(markdown_path, grad_report.grad_markdown(result))
+    if save_grads:
+        np.savez(save_grads, **result.saved)
+    _console().print(grad_report.grad_table(result))
+    sys.exit(EXIT_MATCH if result.status == "match" else EXIT_MISMATCH)
+
+
+def _loss_option(model, loss, from_logits):
+    """`--loss`, with `--from-logits` turned into the loss's config."""
+    if not from_logits:
+        return loss
+    from .grad import resolve_loss
+
+    chosen = resolve_loss(model, loss)[0]
+    return {"class_name": chosen.name, "config": {"from_logits": True}}
+
+
+@main.command()
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @tolerance_options
 @report_options

@@ -111,9 +111,10 @@ class Layer:
 def with_activation(activation, z, backward_z):
     """`activation(z)` and a backward through it and then `backward_z`.
 
-    The backward keeps `backward_z` as `pre_activation`, so a caller holding
-    the gradient with respect to `z` itself (cross-entropy computed from the
-    logits) can skip the activation.
+    The backward keeps `backward_z` as `pre_activation` (with `activation` and
+    the pre-activation `logits`), so a caller holding the gradient with respect
+    to `z` itself (cross-entropy computed from the logits) can skip the
+    activation.
     """
     from . import activations
 
@@ -123,6 +124,8 @@ def with_activation(activation, z, backward_z):
         return backward_z(activations.backward(activation, z, y, d_output))
 
     backward.pre_activation = backward_z
+    backward.activation = activation
+    backward.logits = z
     return y, backward
 
 

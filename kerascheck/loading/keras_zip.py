@@ -19,6 +19,7 @@ from .config import parse_model_config
 from .hdf5 import child, open_file, read_array, text_attr
 from .safety import MODEL_CLASSES
 from .spec import ModelSpec
+from .training import training_setup
 
 MAX_CONFIG_BYTES = 256 * 2**20
 MAX_WEIGHTS_BYTES = 16 * 2**30
@@ -54,6 +55,7 @@ def read_keras_zip(path: str) -> ModelSpec:
         config = _read_json(archive, "config.json", path)
         version = metadata.get("keras_version", "3") if isinstance(metadata, dict) else "3"
         spec = parse_model_config(config, str(version), path)
+        spec.training = training_setup(config.get("compile_config"), "compile_config")
         weights = _read_member(archive, "model.weights.h5", MAX_WEIGHTS_BYTES, path)
     with open_file(io.BytesIO(weights), f"{path}: model.weights.h5") as store:
         assign_weights(spec, store, path)

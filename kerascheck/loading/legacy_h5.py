@@ -11,6 +11,7 @@ from .config import parse_model_config
 from .hdf5 import child, list_attr, open_file, read_array, text_attr
 from .safety import MODEL_CLASSES
 from .spec import LayerSpec, ModelSpec
+from .training import training_setup
 
 
 def read_legacy_h5(path: str) -> ModelSpec:
@@ -31,11 +32,25 @@ def read_legacy_h5(path: str) -> ModelSpec:
             )
         keras_version = text_attr(handle, "keras_version") or "2"
         spec = parse_model_config(config, str(keras_version), path)
+        spec.training = _training_config(handle, path)
         weights = child(handle, "model_weights")
         if not isinstance(weights, h5py.Group):
             raise KerascheckError(f"{path}: expected a 'model_weights' group, found none")
         assign_weights(spec, weights, path)
     return spec
+
+
+def _training_config(handle, path: str):
+    raw = text_attr(handle, "training_config")
+    if raw is None:
+        return None
+    try:
+        config = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise KerascheckError(
+            f"{path}: expected a JSON training_config, found invalid text ({exc})"
+        )
+    return training_setup(config, "training_config") if isinstance(config, dict) else None
 
 
 def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:

@@ -102,6 +102,9 @@ class ModelSpec:
     outputs: list[TensorRef]
     keras_version: str = "3"
     source: str = ""
+    # How the file was compiled, when it was: {"loss", "loss_weights", "optimizer",
+    # "where"}, read as plain JSON (nothing in it is deserialized or run here).
+    training: dict | None = None
 
     @property
     def keras_major(self) -> int:

@@ -1,0 +1,448 @@
+"""Gradients checked: the engine's backward against Keras' tape (the `grad` command's core).
+
+For every layer call, in backward order (from the loss to the inputs), three
+kinds of tensor are compared with Keras:
+
+- `d_output`: dL/d(the call's output). Carried only: the engine's chain end to
+  end against Keras' tape.
+- `d_input` (`d_input#1`, ... for several inputs): what this call's backward
+  passes to each input. **Own**: the engine's backward of this call alone, fed
+  Keras' forward inputs and Keras' dL/d(output); **carried**: the engine's
+  chain. Keras' side is this call's own share (see oracle/gradients.py), so a
+  tensor read by several calls still points at the right one.
+- each trainable weight (`kernel`, `bias`, `gamma`, ...): own and carried as
+  above, summed over a shared layer's calls, shown on its last call (the first
+  row in backward order).
+
+A tensor agrees when `||engine - keras|| <= rtol * ||keras|| + atol * sqrt(n)`:
+relative per tensor, with a tiny absolute floor (defaults rtol 1e-3, atol
+1e-9). Float32 tape gradients differ from float64 ones by up to ~5e-5
+relative on small saturated nets, so 1e-3 separates noise from bugs; an
+absolute 1e-5 would pass seed 002's completely wrong conv gradients of size
+1e-5. `first_divergence` is the first (call, tensor) whose own error is out of
+tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .engine import backprop
+from .engine.losses import get_loss
+from .engine.model import EngineModel
+from .errors import KerascheckError
+
+DEFAULT_GRAD_RTOL = 1e-3
+DEFAULT_GRAD_ATOL = 1e-9
+
+
+@dataclass(frozen=True)
+class GradTolerance:
+    rtol: float = DEFAULT_GRAD_RTOL
+    atol: float = DEFAULT_GRAD_ATOL
+
+    def allows(self, diff_norm: float, ref_norm: float, size: int) -> bool:
+        return diff_norm <= self.rtol * ref_norm + self.atol * math.sqrt(max(size, 1))
+
+
+@dataclass
+class TensorStats:
+    """How one gradient tensor compares with its reference."""
+
+    rel_error: float  # ||a - b|| / ||b||
+    max_abs_diff: float
+    norm_ratio: float  # ||a|| / ||b||
+    cosine: float
+    ok: bool
+
+    @classmethod
+    def of(cls, ours, theirs, tolerance: GradTolerance) -> TensorStats:
+        a = np.asarray(ours, np.float64)
+        b = np.asarray(theirs, np.float64)
+        if a.shape != b.shape:
+            raise KerascheckError(f"gradient shape {a.shape} does not match Keras' {b.shape}")
+        finite = bool(np.all(np.isfinite(a))) and bool(np.all(np.isfinite(b)))
+        diff = float(np.linalg.norm(a - b)) if finite else math.inf
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        cosine = float(np.sum(a * b) / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+        return cls(
+            rel_error=diff / nb if nb > 0 else (0.0 if diff == 0 else math.inf),
+            max_abs_diff=float(np.max(np.abs(a - b))) if a.size and finite else 0.0,
+            norm_ratio=na / nb if nb > 0 else (1.0 if na == 0 else math.inf),
+            cosine=cosine,
+            ok=finite and tolerance.allows(diff, nb, a.size),
+        )
+
+    def worse(self, other: TensorStats | None) -> TensorStats:
+        if other is None:
+            return self
+        return self if (not self.ok, self.rel_error) >= (not other.ok, other.rel_error) else other
+
+
+@dataclass
+class TensorRow:
+    tensor: str  # d_output, d_input, d_input#1, kernel, bias, ...
+    shape: list
+    keras_norm: float
+    own: TensorStats | None = None
+    carried: TensorStats | None = None
+    hint: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.own is not None and not self.own.ok:
+            return "mismatch"
+        if self.own is None and self.carried is not None and not self.carried.ok:
+            return "mismatch" if self.tensor == "loss" else "drift"
+        if self.carried is not None and not self.carried.ok:
+            return "drift"
+        return "match"
+
+    def to_json(self) -> dict:
+        out = {"tensor": self.tensor, "shape": self.shape, "status": self.status}
+        out["keras_norm"] = self.keras_norm
+        for key in ("own", "carried"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = asdict(value)
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
+
+@dataclass
+class CallRow:
+    name: str
+    class_name: str
+    tensors: list[TensorRow] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        statuses = {t.status for t in self.tensors}
+        for status in ("mismatch", "drift"):
+            if status in statuses:
+                return status
+        return "match"
+
+
+@dataclass
+class GradResult:
+    model_path: str
+    keras_version: str
+    oracle: str
+    oracle_reason: str
+    oracle_version: str
+    loss_name: str
+    loss_from: str
+    mode: str
+    keras_loss: float
+    engine_loss: float
+    rows: list[CallRow]
+    tolerance: GradTolerance
+    batch: int
+    engine_seconds: float = 0.0
+    keras_seconds: float = 0.0
+    logits_path: bool = False
+    saved: dict | None = None  # arrays for --save-grads
+
+    @property
+    def first_divergence(self) -> dict | None:
+        for row in self.rows:
+            for tensor in row.tensors:
+                if tensor.status == "mismatch":
+                    return {"call": row.name, "class_name": row.class_name, "tensor": tensor.tensor}
+        return None
+
+    @property
+    def status(self) -> str:
+        return "mismatch" if self.first_divergence else "match"
+
+
+def resolve_loss(model: EngineModel, loss_option: str | None):
+    """(loss, identifier for Keras, where it came from): `--loss` wins over the file."""
+    training = model.spec.training
+    if loss_option:
+        identifier, where = loss_option, "--loss"
+    elif training and training.get("loss") is not None:
+        identifier = training["loss"]
+        where = f"the file's {training.get('where', 'compile config')}"
+    else:
+        raise KerascheckError(
+            "expected a loss: the model file was saved without a compiled loss; pass --loss "
+            "NAME (e.g. --loss mse, --loss categorical_crossentropy)"
+        )
+    if isinstance(identifier, (list, dict)) and not _is_serialized_loss(identifier):
+        raise KerascheckError(
+            f"expected one loss for the model, found one per output ({identifier!r}); "
+            "pass --loss NAME to use one loss for every output"
+        )
+    return get_loss(identifier, model.spec.keras_major), identifier, where
+
+
+def _is_serialized_loss(value) -> bool:
+    return isinstance(value, dict) and "class_name" in value
+
+
+def check_targets(model: EngineModel, loss, targets: list[np.ndarray]) -> list[np.ndarray]:
+    """Each target's shape against its model output's (sparse losses drop the class axis)."""
+    sparse = "Sparse" in loss.name
+    checked = []
+    for ref, target in zip(model.spec.outputs, targets):
+        name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
+        shape = model.output_shapes[name]
+        shape = shape[ref.tensor] if isinstance(shape, list) else shape
+        expected = shape[:-1] if sparse else shape
+        given = np.shape(target)
+        squeezed = given[:-1] if sparse and len(given) == len(shape) and given[-1] == 1 else given
+        if len(squeezed) != len(expected) or any(
+            e is not None and i > 0 and e != g for i, (e, g) in enumerate(zip(expected, squeezed))
+        ):
+            want = "(" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(expected))
+            raise KerascheckError(
+                f"expected TARGET for output '{ref.layer}' of shape {want}) to match the "
+                f"model output{' without its class axis' if sparse else ''}, found {given}"
+            )
+        checked.append(np.asarray(target))
+    return checked
+
+
+def engine_loss(model, loss, tape_outputs, backwards, targets, sample_weight, logits_ok):
+    """(loss value, [dL/d output], {call: dL/d logits}) on the engine's side."""
+    total, grads, pre = 0.0, [], {}
+    for ref, y_true, y_pred in zip(model.spec.outputs, targets, tape_outputs):
+        name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
+        logits = logits_ok.get(name)
+        if logits is not None:
+            value, d_logits = loss.value_and_grad(y_true, y_pred, sample_weight, logits=logits)
+            pre[name] = d_logits
+            grads.append(None)
+        else:
+            value, d_pred = loss.value_and_grad(y_true, y_pred, sample_weight)
+            grads.append(d_pred)
+        total += float(value)
+    return total, grads, pre
+
+
+def logits_outputs(model: EngineModel, loss, backwards: dict) -> dict:
+    """{output call: logits} where Keras' `fit` takes the loss from the logits: the output
+    comes straight from the activation whose logits the loss accepts (Keras marks such
+    tensors with `_keras_logits`); a Reshape after the softmax breaks the path."""
+    from .engine import activations
+
+    wanted = getattr(loss, "logits_activation", None)
+    if wanted is None or getattr(loss, "from_logits", False):
+        return {}
+    fn = {"softmax": activations.softmax, "sigmoid": activations.sigmoid}[wanted]
+    found = {}
+    for ref in model.spec.outputs:
+        name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
+        back = backwards.get(name)
+        if getattr(back, "activation", None) is fn and hasattr(back, "logits"):
+            found[name] = back.logits
+    return found
+
+
+def grad_model(
+    path: str,
+    model: EngineModel,
+    inputs: list[np.ndarray],
+    targets: list[np.ndarray],
+    loss_option: str | None = None,
+    sample_weight=None,
+    mode: str = "train",
+    oracle: str | None = None,
+    tolerance: GradTolerance | None = None,
+    save: bool = False,
+) -> GradResult:
+    """Compare the engine's gradients with Keras' for one batch."""
+    from .oracle import choose_oracle
+    from .oracle.gradients import KerasGradientRunner
+
+    tolerance = tolerance or GradTolerance()
+    loss, identifier, loss_from = resolve_loss(model, loss_option)
+    targets = check_targets(model, loss, targets)
+    training = mode == "train"
+    graph = model.graph
+    flavor, why = choose_oracle(model.spec, oracle)
+    runner = KerasGradientRunner(path, model.spec, flavor, identifier)
+    noise_calls = [c.name for c in model.spec.calls if graph.layers[c.layer].uses_noise]
+    keras = runner.gradients(inputs, targets, sample_weight, training, noise_calls)
+
+    start = time.perf_counter()
+    tape = backprop.forward(graph, inputs, training, keras.noise)
+    logits = logits_outputs(model, loss, tape.backwards)
+    value, d_outputs, d_pre = engine_loss(
+        model, loss, tape.outputs, tape.backwards, targets, sample_weight, logits
+    )
+    value, reg_grads = _add_regularization(model, value)
+    carried = backprop.backward(graph, tape, d_outputs, d_pre)
+    _add_weight_grads(carried.weights, reg_grads)
+    engine_seconds = time.perf_counter() - start
+
+    fed = backprop.forward(graph, inputs, training, keras.noise, feed=keras.per_call)
+    own_pre = {name: keras.d_logits.get(name) for name in logits if name in keras.d_logits}
+    own = backprop.own_backward(graph, fed, keras.d_outputs, own_pre)
+    _add_weight_grads(own.weights, reg_grads)
+
+    rows = _rows(model, keras, own, carried, tolerance)
+    loss_row = _loss_row(model, loss, keras, targets, sample_weight, value, tolerance, logits)
+    result = GradResult(
+        model_path=path,
+        keras_version=model.spec.keras_version,
+        oracle=flavor,
+        oracle_reason=why,
+        oracle_version=runner.version,
+        loss_name=loss.name,
+        loss_from=loss_from,
+        mode=mode,
+        keras_loss=keras.loss,
+        engine_loss=value,
+        rows=[loss_row, *rows],
+        tolerance=tolerance,
+        batch=int(inputs[0].shape[0]),
+        engine_seconds=engine_seconds,
+        keras_seconds=keras.seconds,
+        logits_path=bool(logits),
+    )
+    if save:
+        result.saved = _saved_arrays(model, keras, carried, value)
+    return result
+
+
+def _add_regularization(model, value):
+    from .engine.regularizers import penalty_and_grads
+
+    grads = {}
+    for name, layer in model.graph.layers.items():
+        penalty, layer_grads = penalty_and_grads(layer.config, layer.w)
+        value += penalty
+        if layer_grads:
+            grads[name] = layer_grads
+    return value, grads
+
+
+def _add_weight_grads(weights, extra):
+    for layer, grads in extra.items():
+        into = weights.setdefault(layer, {})
+        for name, grad in grads.items():
+            into[name] = grad if name not in into else into[name] + grad
+
+
+def _loss_row(model, loss, keras, targets, sample_weight, value, tolerance, logits):
+    """The loss value, and the loss gradient computed from Keras' own predictions."""
+    row = CallRow("loss", loss.name)
+    row.tensors.append(
+        TensorRow(
+            "loss",
+            [],
+            abs(keras.loss),
+            carried=TensorStats.of(np.asarray(value), np.asarray(keras.loss), tolerance),
+        )
+    )
+    for ref, y_true, y_pred in zip(model.spec.outputs, targets, keras.outputs):
+        name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
+        if name in logits and keras.d_logits.get(name) is not None:
+            theirs = keras.d_logits[name]
+            ours = loss.value_and_grad(y_true, y_pred, sample_weight, logits=keras.logits[name])[1]
+            label = "d_logits"
+        else:
+            theirs = keras.d_outputs.get(name)
+            if theirs is None:
+                continue
+            ours = loss.value_and_grad(y_true, y_pred, sample_weight)[1]
+            label = "d_prediction"
+        suffix = "" if len(model.spec.outputs) == 1 else f"[{name}]"
+        stats = TensorStats.of(ours, theirs, tolerance)
+        row.tensors.append(TensorRow(label + suffix, list(np.shape(theirs)), _norm(theirs), stats))
+    return row
+
+
+def _rows(model, keras, own, carried, tolerance) -> list[CallRow]:
+    graph, spec = model.graph, model.spec
+    last_call = {c.layer: c.name for c in spec.calls}
+    rows = []
+    for call in reversed(spec.calls):
+        layer = graph.layers[call.layer]
+        row = CallRow(call.name, layer.class_name)
+        theirs = keras.d_outputs.get(call.name)
+        if theirs is not None and not isinstance(theirs, list):
+            ours = carried.d_outputs.get(call.name)
+            row.tensors.append(
+                TensorRow(
+                    "d_output",
+                    list(theirs.shape),
+                    _norm(theirs),
+                    carried=_stats(ours, theirs, tolerance),
+                )
+            )
+        for i, theirs in enumerate(keras.d_inputs.get(call.name, [])):
+            if theirs is None:
+                continue
+            label = "d_input" if i == 0 else f"d_input#{i}"
+            row.tensors.append(
+                TensorRow(
+                    label,
+                    list(theirs.shape),
+                    _norm(theirs),
+                    own=_stats(_at(own.d_inputs.get(call.name), i), theirs, tolerance),
+                    carried=_stats(_at(carried.d_inputs.get(call.name), i), theirs, tolerance),
+                )
+            )
+        if last_call[call.layer] == call.name:
+            names = list(layer.w)
+            for index, theirs in keras.weights.get(call.layer, {}).items():
+                if theirs is None:
+                    continue
+                name = names[index]
+                row.tensors.append(
+                    TensorRow(
+                        name,
+                        list(theirs.shape),
+                        _norm(theirs),
+                        own=_stats(own.weights.get(call.layer, {}).get(name), theirs, tolerance),
+                        carried=_stats(
+                            carried.weights.get(call.layer, {}).get(name), theirs, tolerance
+                        ),
+                    )
+                )
+        if row.tensors:
+            rows.append(row)
+    return rows
+
+
+def _stats(ours, theirs, tolerance):
+    if ours is None:  # the engine produced no gradient where Keras has one
+        ours = np.zeros_like(theirs)
+    return TensorStats.of(ours, theirs, tolerance)
+
+
+def _at(values, index):
+    if values is None or index >= len(values):
+        return None
+    return values[index]
+
+
+def _norm(value) -> float:
+    return float(np.linalg.norm(np.asarray(value, np.float64)))
+
+
+def _saved_arrays(model, keras, carried, value) -> dict:
+    arrays = {"keras/loss": np.asarray(keras.loss), "numpy/loss": np.asarray(value)}
+    for call in model.spec.calls:
+        for side, source in (("keras", keras.d_outputs), ("numpy", carried.d_outputs)):
+            grad = source.get(call.name)
+            if grad is not None and not isinstance(grad, list):
+                arrays[f"{side}/d/{call.name}"] = grad
+    for layer, grads in keras.weights.items():
+        names = list(model.graph.layers[layer].w)
+        for index, grad in grads.items():
+            if grad is not None:
+                arrays[f"keras/grad/{layer}/{names[index]}"] = grad
+    for layer, grads in carried.weights.items():
+        for name, grad in grads.items():
+            arrays[f"numpy/grad/{layer}/{name}"] = grad
+    return arrays

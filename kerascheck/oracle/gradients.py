@@ -1,0 +1,233 @@
+"""Keras' own gradients on a saved model: one taped, layer-by-layer training pass.
+
+The model is replayed call by call (as for `diff`) under one `GradientTape`,
+with `training=True` in train mode, and the loss is Keras' own
+`model.compute_loss` after compiling with the file's (or the user's) loss, so
+it is what `fit` minimizes: the logits path, clipping, reductions, sample
+weights and the regularization losses included. One `tape.gradient` then
+gives, per call, dL/d(output) and dL/d(each input as that call saw it): every
+input is passed through its own `tf.identity`, so a tensor read by several
+calls yields each reader's contribution separately. Trainable weights come
+back by their position in `layer.weights` (the file's order).
+
+Dropout and noise layers: Keras 3 draws from a seed generator, whose state is
+saved and restored around two extra calls on ones and zeros, so the exact
+`(scale, shift)` Keras applied is known. tf_keras draws from stateful
+generators that cannot be replayed: the scale is read as output / input (and
+0 where the input is exactly 0, where no gradient can tell the difference
+through a ReLU in front).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import KerascheckError
+from ..loading.spec import ModelSpec, resolve
+from . import _flat, _import, _numpy, _operations, load_keras_model
+
+ADDITIVE_NOISE = {"GaussianNoise"}
+
+
+@dataclass
+class KerasGradients:
+    loss: float
+    outputs: list
+    per_call: dict  # {call name: forward output in the chosen mode}
+    d_outputs: dict  # {call name: dL/d output (list for several), None if unused}
+    d_inputs: dict  # {call name: [dL/d each first-argument input, as this call saw it]}
+    weights: dict  # {layer name: {index in layer.weights: dL/dw}}
+    noise: dict = field(default_factory=dict)  # {call name: (scale, shift)}
+    d_logits: dict = field(default_factory=dict)  # {call name: dL/d logits} (logits path)
+    logits: dict = field(default_factory=dict)  # {call name: the logits Keras' loss used}
+    seconds: float = 0.0
+
+
+class KerasGradientRunner:
+    """A model loaded once in the chosen Keras and compiled with the loss to check."""
+
+    def __init__(self, path: str, spec: ModelSpec, flavor: str, loss, loss_weights=None):
+        self.module = _import(flavor)
+        self.flavor = flavor
+        self.version = self.module.__version__
+        self.spec = spec
+        self.model = load_keras_model(path, flavor)
+        try:
+            self.model.compile(optimizer="sgd", loss=loss, loss_weights=loss_weights)
+        except Exception as exc:
+            message = " ".join(str(exc).split())[:300]
+            raise KerascheckError(f"{flavor} cannot compile the loss {loss!r}: {message}")
+
+    def gradients(self, arrays, targets, sample_weight=None, training=True, noise_calls=()):
+        start = time.perf_counter()
+        result = _taped_pass(self, arrays, targets, sample_weight, training, set(noise_calls))
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
+    import tensorflow as tf
+
+    model, spec = runner.model, runner.spec
+    operations = _operations(model)
+    values = {(i.name, 0): tf.constant(a) for i, a in zip(spec.inputs, arrays)}
+
+    def tensor(ref):
+        value = values[(ref.layer, ref.call)]
+        return value[ref.tensor] if isinstance(value, (list, tuple)) else value
+
+    seen_inputs, noise = {}, {}
+    with tf.GradientTape(persistent=False) as tape:
+        for value in values.values():
+            if value.dtype.is_floating:
+                tape.watch(value)  # so the first layers' input gradients are recorded
+        for call in spec.calls:
+            layer = operations.get(call.layer) or model.get_layer(call.layer)
+            first = [_private_copy(tf, tensor(ref)) for ref in call.inputs]
+            seen_inputs[call.name] = first
+            args = resolve(call.args, tensor)
+            kwargs = resolve(call.kwargs, tensor)
+            if call.first is not None:
+                argument = resolve(call.first, tensor)
+            else:
+                argument = first if call.as_list else first[0]
+            if _takes_training(layer):
+                kwargs["training"] = training
+            try:
+                if call.name in noise_calls and training:
+                    output, noise[call.name] = _noisy_call(runner, layer, argument, args, kwargs)
+                else:
+                    output = layer(argument, *args, **kwargs)
+            except Exception as exc:
+                message = " ".join(str(exc).split())[:300]
+                raise KerascheckError(
+                    f"Keras failed to run layer '{call.layer}' ({type(layer).__name__}) "
+                    f"in {'training' if training else 'inference'} mode: {message}"
+                )
+            values[(call.layer, call.index)] = _flat(output)
+        y_pred = [tensor(ref) for ref in spec.outputs]
+        y = [tf.constant(t) for t in targets]
+        weights = None if sample_weight is None else tf.constant(sample_weight)
+        try:
+            loss = _compute_loss(runner, model, arrays, y, y_pred, weights)
+        except Exception as exc:
+            message = " ".join(str(exc).split())[:300]
+            raise KerascheckError(f"Keras cannot compute the loss: {message}")
+
+    call_outputs = [values[(c.layer, c.index)] for c in spec.calls]
+    logits = {
+        c.name: values[(r.layer, r.call)]._keras_logits
+        for r in spec.outputs
+        for c in spec.calls
+        if (c.layer, c.index) == (r.layer, r.call)
+        and hasattr(values[(r.layer, r.call)], "_keras_logits")
+    }
+    variables, owners = [], []
+    for name in spec.layers:
+        if spec.layers[name].class_name == "InputLayer":
+            continue
+        layer = operations.get(name) or model.get_layer(name)
+        trainable = {id(v) for v in layer.trainable_weights}
+        for index, variable in enumerate(layer.weights):
+            if id(variable) in trainable:
+                variables.append(variable)
+                owners.append((name, index))
+    sources = [
+        call_outputs,
+        [seen_inputs[c.name] for c in spec.calls],
+        variables,
+        list(logits.values()),
+    ]
+    grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+    out_grads, in_grads, var_grads, logit_grads = grads
+    result = KerasGradients(
+        loss=float(np.asarray(loss)),
+        outputs=_numpy(y_pred),
+        per_call={c.name: _numpy(v) for c, v in zip(spec.calls, call_outputs)},
+        d_outputs={c.name: _maybe(g) for c, g in zip(spec.calls, out_grads)},
+        d_inputs={c.name: [_maybe(g) for g in gs] for c, gs in zip(spec.calls, in_grads)},
+        weights={},
+        noise=noise,
+        d_logits={name: _maybe(g) for name, g in zip(logits, logit_grads)},
+        logits={name: np.asarray(v) for name, v in logits.items()},
+    )
+    for (name, index), g in zip(owners, var_grads):
+        result.weights.setdefault(name, {})[index] = _maybe(g)
+    return result
+
+
+def _private_copy(tf, value):
+    """A copy of `value` only this call reads, so its gradient is this call's share.
+    The Keras mask travels on the tensor, so it is carried over."""
+    if not tf.is_tensor(value) or not value.dtype.is_floating:
+        return value
+    copy = tf.identity(value)
+    mask = getattr(value, "_keras_mask", None)
+    if mask is not None:
+        try:
+            copy._keras_mask = mask
+        except AttributeError:
+            pass
+    return copy
+
+
+def _takes_training(layer) -> bool:
+    import inspect
+
+    call = getattr(layer, "call", None)
+    try:
+        return call is not None and "training" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _noisy_call(runner, layer, argument, args, kwargs):
+    """Run a dropout or noise layer and read back the (scale, shift) it applied."""
+    import tensorflow as tf
+
+    generator = getattr(layer, "seed_generator", None)
+    state = getattr(generator, "state", None)
+    before = None if state is None else state.numpy()
+    output = layer(argument, *args, **kwargs)
+    if state is not None:  # Keras 3: replay the same draw on ones and zeros
+        after = state.numpy()
+        state.assign(before)
+        ones = layer(tf.ones_like(argument), *args, **kwargs)
+        state.assign(before)
+        zeros = layer(tf.zeros_like(argument), *args, **kwargs)
+        state.assign(after)
+        shift = np.asarray(zeros)
+        return output, (np.asarray(ones) - shift, shift)
+    x, y = np.asarray(argument), np.asarray(output)
+    if type(layer).__name__ in ADDITIVE_NOISE:
+        return output, (1.0, y - x)
+    if type(layer).__name__ == "AlphaDropout":
+        raise KerascheckError(
+            f"layer '{layer.name}' (AlphaDropout): tf_keras' realized mask cannot be read back "
+            "in training mode; use --mode inference"
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(x != 0, y / np.where(x != 0, x, 1), 0.0).astype(x.dtype)
+    return output, (scale, 0.0)
+
+
+def _compute_loss(runner, model, arrays, y, y_pred, weights):
+    single = len(y_pred) == 1
+    x = arrays[0] if len(arrays) == 1 else arrays
+    kwargs = dict(
+        x=x, y=y[0] if single else y, y_pred=y_pred[0] if single else y_pred, sample_weight=weights
+    )
+    if runner.flavor == "keras":
+        kwargs["training"] = True
+    return model.compute_loss(**kwargs)
+
+
+def _maybe(value):
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_maybe(v) for v in value]
+    return np.asarray(value)

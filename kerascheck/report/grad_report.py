@@ -1,0 +1,215 @@
+"""Reports for `grad`: a rich table, the schema-1 JSON document, JUnit XML and Markdown.
+
+One table row per gradient tensor, grouped by layer call in backward order
+(the loss first, the model inputs last), each with its own and carried
+relative error, the norm ratio and the cosine against Keras.
+"""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..grad import GradResult
+from .json_report import SCHEMA_VERSION
+
+STYLE = {"match": "green", "mismatch": "red", "drift": "yellow"}
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2e}" if value else "0"
+
+
+def _title(result: GradResult) -> str:
+    return (
+        f"{result.model_path}: gradients, engine vs {result.oracle} {result.oracle_version} "
+        f"(saved by Keras {result.keras_version}), batch {result.batch}, {result.mode} mode"
+    )
+
+
+def loss_line(result: GradResult) -> Text:
+    text = Text()
+    text.append(f"loss {result.loss_name}", style="bold")
+    text.append(f" (from {result.loss_from})")
+    if result.logits_path:
+        text.append(", taken from the logits as fit does")
+    text.append(f": keras {result.keras_loss:.8g}, engine {result.engine_loss:.8g}")
+    return text
+
+
+def grad_table(result: GradResult) -> Group:
+    table = Table(title=_title(result), title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("call", no_wrap=True)
+    table.add_column("class", no_wrap=True)
+    table.add_column("tensor", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("|keras|", justify="right")
+    table.add_column("own rel", justify="right")
+    table.add_column("carried rel", justify="right")
+    table.add_column("norm ratio", justify="right")
+    table.add_column("cosine", justify="right")
+    table.add_column("status")
+    hints = any(t.hint for r in result.rows for t in r.tensors)
+    if hints:
+        table.add_column("likely cause", overflow="fold")
+    first = result.first_divergence
+    for index, row in enumerate(result.rows):
+        for position, tensor in enumerate(row.tensors):
+            shown = tensor.own or tensor.carried
+            is_first = first and (first["call"], first["tensor"]) == (row.name, tensor.tensor)
+            cells = [
+                str(index) if position == 0 else "",
+                row.name if position == 0 else "",
+                row.class_name if position == 0 else "",
+                tensor.tensor,
+                "(" + ", ".join(str(d) for d in tensor.shape) + ")",
+                _num(tensor.keras_norm),
+                Text(
+                    _num(tensor.own.rel_error) if tensor.own else "-",
+                    style="red" if tensor.own and not tensor.own.ok else "",
+                ),
+                _num(tensor.carried.rel_error) if tensor.carried else "-",
+                f"{shown.norm_ratio:.4f}" if shown else "-",
+                f"{shown.cosine:.5f}" if shown else "-",
+                Text(tensor.status, style=STYLE[tensor.status]),
+            ]
+            if hints:
+                cells.append(tensor.hint or "")
+            table.add_row(*cells, style="bold red reverse" if is_first else None)
+    return Group(loss_line(result), table, verdict(result))
+
+
+def verdict(result: GradResult) -> Text:
+    tol = result.tolerance
+    text = Text()
+    first = result.first_divergence
+    rule = f"||engine - keras|| <= {tol.rtol:g} x ||keras|| + {tol.atol:g} x sqrt(n), per tensor"
+    if first is None:
+        text.append("MATCH", style="bold green")
+        text.append(f": every gradient within {rule}")
+        drift = [t for r in result.rows for t in r.tensors if t.status == "drift"]
+        if drift:
+            text.append(
+                f"; {len(drift)} tensors drift end to end (carried error only) while every "
+                "layer's own backward agrees"
+            )
+        return text
+    text.append("MISMATCH", style="bold red")
+    text.append(
+        f": first divergence in backward order at {first['call']} ({first['class_name']}), "
+        f"tensor {first['tensor']}; tolerance {rule}"
+    )
+    return text
+
+
+def grad_json(result: GradResult) -> dict:
+    return {
+        "schema": SCHEMA_VERSION,
+        "command": "grad",
+        "model": result.model_path,
+        "keras_version": result.keras_version,
+        "oracle": {
+            "name": result.oracle,
+            "version": result.oracle_version,
+            "reason": result.oracle_reason,
+        },
+        "loss": {
+            "name": result.loss_name,
+            "from": result.loss_from,
+            "keras": result.keras_loss,
+            "engine": result.engine_loss,
+            "logits_path": result.logits_path,
+        },
+        "mode": result.mode,
+        "status": result.status,
+        "tolerance": {"rtol": result.tolerance.rtol, "atol": result.tolerance.atol},
+        "first_divergence": result.first_divergence,
+        "batch": result.batch,
+        "timing": {"engine_seconds": result.engine_seconds, "keras_seconds": result.keras_seconds},
+        "calls": [
+            {
+                "name": row.name,
+                "class_name": row.class_name,
+                "status": row.status,
+                "tensors": [t.to_json() for t in row.tensors],
+            }
+            for row in result.rows
+        ],
+    }
+
+
+def grad_junit(result: GradResult) -> str:
+    root = ElementTree.Element("testsuites", name="kerascheck")
+    cases = [(row, t) for row in result.rows for t in row.tensors]
+    suite = ElementTree.SubElement(
+        root,
+        "testsuite",
+        name=f"kerascheck grad {result.model_path}",
+        tests=str(len(cases)),
+        failures=str(sum(t.status == "mismatch" for _, t in cases)),
+        time=f"{result.engine_seconds + result.keras_seconds:.3f}",
+    )
+    for row, tensor in cases:
+        case = ElementTree.SubElement(
+            suite,
+            "testcase",
+            classname=f"{result.model_path}.{row.class_name}",
+            name=f"{row.name}/{tensor.tensor}",
+        )
+        own = tensor.own.rel_error if tensor.own else None
+        carried = tensor.carried.rel_error if tensor.carried else None
+        text = f"status={tensor.status}\nown_rel_error={own}\ncarried_rel_error={carried}"
+        if tensor.hint:
+            text += f"\nhint={tensor.hint}"
+        if tensor.status == "mismatch":
+            failure = ElementTree.SubElement(
+                case,
+                "failure",
+                message=tensor.hint or f"relative error {own or carried:.3e} out of tolerance",
+                type="divergence",
+            )
+            failure.text = text
+        else:
+            ElementTree.SubElement(case, "system-out").text = text
+    ElementTree.indent(root)
+    return ElementTree.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def grad_markdown(result: GradResult) -> str:
+    icon = "✅" if result.status == "match" else "❌"
+    tol = result.tolerance
+    lines = [
+        f"### {icon} kerascheck grad: `{result.model_path}` — {result.status}",
+        "",
+        f"Engine vs {result.oracle} {result.oracle_version}; loss {result.loss_name} "
+        f"(from {result.loss_from}): keras {result.keras_loss:.8g}, engine "
+        f"{result.engine_loss:.8g}; {result.batch} samples, {result.mode} mode; tolerance "
+        f"rtol={tol.rtol:g} per tensor.",
+        "",
+    ]
+    first = result.first_divergence
+    if first:
+        lines += [f"**First divergence:** `{first['call']}` / `{first['tensor']}`", ""]
+    bad = [(r, t) for r in result.rows for t in r.tensors if t.status != "match"]
+    if not bad:
+        count = sum(len(r.tensors) for r in result.rows)
+        lines.append(f"All {count} gradient tensors agree.")
+        return "\n".join(lines) + "\n"
+    lines += [
+        "| call | class | tensor | own rel | carried rel | status | likely cause |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for row, t in bad:
+        own = _num(t.own.rel_error) if t.own else "-"
+        carried = _num(t.carried.rel_error) if t.carried else "-"
+        lines.append(
+            f"| `{row.name}` | {row.class_name} | {t.tensor} | {own} | {carried} | "
+            f"{t.status} | {t.hint or ''} |"
+        )
+    return "\n".join(lines) + "\n"
