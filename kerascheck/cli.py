@@ -491,10 +491,45 @@ def _read_arrays(path: str) -> dict:
     help="Absolute floor per element (RMS) [default: 1e-9].",
 )
 @click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="float64: also run each call's backward in float64 on Keras' values as ground truth.",
+)
+@click.option(
+    "--layer-tol",
+    multiple=True,
+    metavar="PATTERN:rtol=R[,atol=A]",
+    help="Per-call gradient tolerance; PATTERN globs a call name or class. Repeatable.",
+)
+@click.option(
     "--save-grads",
     type=click.Path(dir_okay=False),
     default=None,
     help="Write Keras' and the engine's loss and gradients to this .npz.",
+)
+@click.option(
+    "--against",
+    "against_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Check your own gradients (.npz: loss, d/<call>, grad/<layer>/<weight>).",
+)
+@click.option(
+    "--against-layout",
+    type=click.Choice(["channels_last", "channels_first", "torch"]),
+    default="channels_last",
+    show_default=True,
+    help="channels_first: activation gradients as (N, C, H, W); torch: also kernels as "
+    "(out, in, kh, kw) and Dense kernels as (out, in).",
+)
+@click.option(
+    "--reference",
+    type=click.Choice(["keras", "numpy"]),
+    default="keras",
+    show_default=True,
+    help="What --against arrays are judged against; numpy runs without TensorFlow.",
 )
 @report_options
 @ORACLE_OPTION
@@ -516,7 +551,12 @@ def grad(
     mode,
     rtol,
     atol,
+    dtype,
+    layer_tol,
     save_grads,
+    against_path,
+    against_layout,
+    reference,
     json_path,
     junit_path,
     markdown_path,
@@ -528,7 +568,7 @@ def grad(
     Rows run in backward order, from the loss to the inputs. Exit code 0 when
     every gradient agrees, 1 when one diverges, 2 when the check could not run.
     """
-    from .grad import DEFAULT_GRAD_ATOL, DEFAULT_GRAD_RTOL, GradTolerance, grad_model
+    from .grad import grad_model
     from .inputs import read_inputs
     from .report import grad_report
     from .targets import read_sample_weight, read_targets
@@ -545,10 +585,7 @@ def grad(
     if save_grads and not save_grads.endswith(".npz"):
         raise KerascheckError(f"{save_grads}: expected an .npz path for --save-grads")
     loss_option = _loss_option(model, loss, from_logits)
-    tolerance = GradTolerance(
-        rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol,
-        atol=DEFAULT_GRAD_ATOL if atol is None else atol,
-    )
+    tolerance = _grad_policy(rtol, atol, layer_tol)
     result = grad_model(
         model_path,
         model,
@@ -560,6 +597,10 @@ def grad(
         oracle=oracle,
         tolerance=tolerance,
         save=save_grads is not None,
+        against=_read_arrays(against_path) if against_path else None,
+        against_layout=against_layout,
+        reference=reference,
+        float64=dtype == "float64",
     )
     from .report.json_report import dumps
 
@@ -570,6 +611,22 @@ def grad(
         np.savez(save_grads, **result.saved)
     _console().print(grad_report.grad_table(result))
     sys.exit(EXIT_MATCH if result.status == "match" else EXIT_MISMATCH)
+
+
+def _grad_policy(rtol, atol, layer_tols):
+    from .compare import Tolerance
+    from .grad import DEFAULT_GRAD_ATOL, DEFAULT_GRAD_RTOL, GradPolicy, GradTolerance
+    from .settings import parse_layer_tolerance
+
+    default = GradTolerance(
+        rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol,
+        atol=DEFAULT_GRAD_ATOL if atol is None else atol,
+    )
+    overrides = []
+    for text in layer_tols:
+        pattern, parsed = parse_layer_tolerance(text, Tolerance(default.atol, default.rtol))
+        overrides.append((pattern, GradTolerance(rtol=parsed.rtol, atol=parsed.atol)))
+    return GradPolicy(default, tuple(overrides))
 
 
 def _loss_option(model, loss, from_logits):

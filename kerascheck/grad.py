@@ -49,6 +49,22 @@ class GradTolerance:
         return diff_norm <= self.rtol * ref_norm + self.atol * math.sqrt(max(size, 1))
 
 
+@dataclass(frozen=True)
+class GradPolicy:
+    """A default gradient tolerance plus overrides globbed on call name or class."""
+
+    default: GradTolerance = field(default_factory=GradTolerance)
+    overrides: tuple = ()  # ((pattern, GradTolerance), ...)
+
+    def for_call(self, name: str, class_name: str) -> GradTolerance:
+        import fnmatch
+
+        for pattern, tolerance in self.overrides:
+            if any(fnmatch.fnmatchcase(v, pattern) for v in (name, name.split("#")[0], class_name)):
+                return tolerance
+        return self.default
+
+
 @dataclass
 class TensorStats:
     """How one gradient tensor compares with its reference."""
@@ -91,6 +107,7 @@ class TensorRow:
     own: TensorStats | None = None
     carried: TensorStats | None = None
     hint: str | None = None
+    float64: dict | None = None  # {"keras": rel error, "engine": rel error} vs float64 truth
 
     @property
     def status(self) -> str:
@@ -111,6 +128,8 @@ class TensorRow:
                 out[key] = asdict(value)
         if self.hint:
             out["hint"] = self.hint
+        if self.float64 is not None:
+            out["float64"] = self.float64
         return out
 
 
@@ -148,6 +167,7 @@ class GradResult:
     keras_seconds: float = 0.0
     logits_path: bool = False
     saved: dict | None = None  # arrays for --save-grads
+    subject: str = "engine"  # what was compared: the engine, or the user's arrays
 
     @property
     def first_divergence(self) -> dict | None:
@@ -196,6 +216,9 @@ def check_targets(model: EngineModel, loss, targets: list[np.ndarray]) -> list[n
         shape = model.output_shapes[name]
         shape = shape[ref.tensor] if isinstance(shape, list) else shape
         expected = shape[:-1] if sparse else shape
+        target = np.asarray(target)
+        if not sparse and target.ndim == len(shape) - 1 and shape[-1] == 1:
+            target = target[..., None]  # Keras expands (batch,) targets of a 1-unit output
         given = np.shape(target)
         squeezed = given[:-1] if sparse and len(given) == len(shape) and given[-1] == 1 else given
         if len(squeezed) != len(expected) or any(
@@ -206,7 +229,7 @@ def check_targets(model: EngineModel, loss, targets: list[np.ndarray]) -> list[n
                 f"expected TARGET for output '{ref.layer}' of shape {want}) to match the "
                 f"model output{' without its class axis' if sparse else ''}, found {given}"
             )
-        checked.append(np.asarray(target))
+        checked.append(target)
     return checked
 
 
@@ -246,6 +269,20 @@ def logits_outputs(model: EngineModel, loss, backwards: dict) -> dict:
     return found
 
 
+@dataclass
+class GradReference:
+    """One side's forward values and gradients, against which a user's arrays are judged
+    (`--against`): Keras' tape, or the engine alone with `--reference numpy`."""
+
+    name: str  # "keras" or "numpy"
+    loss: float
+    inputs: dict  # {call name: [the call's first-argument inputs]}
+    outputs: dict  # {call name: the call's output}
+    d_outputs: dict  # {call name: dL/d output}
+    weights: dict  # {layer name: {weight name: dL/dw}}
+    layer_weights: dict  # {layer name: {weight name: value}}
+
+
 def grad_model(
     path: str,
     model: EngineModel,
@@ -255,25 +292,38 @@ def grad_model(
     sample_weight=None,
     mode: str = "train",
     oracle: str | None = None,
-    tolerance: GradTolerance | None = None,
+    tolerance: GradTolerance | GradPolicy | None = None,
     save: bool = False,
+    against: dict | None = None,
+    against_layout: str = "channels_last",
+    reference: str = "keras",
+    float64: bool = False,
 ) -> GradResult:
-    """Compare the engine's gradients with Keras' for one batch."""
-    from .oracle import choose_oracle
-    from .oracle.gradients import KerasGradientRunner
-
-    tolerance = tolerance or GradTolerance()
+    """Compare the engine's gradients with Keras' for one batch; with `against`, the
+    user's arrays with Keras' (or, with `reference="numpy"`, the engine's)."""
+    policy = (
+        tolerance if isinstance(tolerance, GradPolicy) else GradPolicy(tolerance or GradTolerance())
+    )
+    tolerance = policy.default
     loss, identifier, loss_from = resolve_loss(model, loss_option)
     targets = check_targets(model, loss, targets)
     training = mode == "train"
     graph = model.graph
-    flavor, why = choose_oracle(model.spec, oracle)
-    runner = KerasGradientRunner(path, model.spec, flavor, identifier)
-    noise_calls = [c.name for c in model.spec.calls if graph.layers[c.layer].uses_noise]
-    keras = runner.gradients(inputs, targets, sample_weight, training, noise_calls)
+    keras, flavor, why, version = None, "numpy", "--reference numpy", "engine"
+    if reference != "numpy":
+        from .oracle import choose_oracle
+        from .oracle.gradients import KerasGradientRunner
+
+        flavor, why = choose_oracle(model.spec, oracle)
+        runner = KerasGradientRunner(path, model.spec, flavor, identifier)
+        version = runner.version
+        noise_calls = [c.name for c in model.spec.calls if graph.layers[c.layer].uses_noise]
+        keras = runner.gradients(inputs, targets, sample_weight, training, noise_calls)
+    elif against is None:
+        raise KerascheckError("--reference numpy checks your arrays: it needs --against")
 
     start = time.perf_counter()
-    tape = backprop.forward(graph, inputs, training, keras.noise)
+    tape = backprop.forward(graph, inputs, training, keras.noise if keras else None)
     logits = logits_outputs(model, loss, tape.backwards)
     value, d_outputs, d_pre = engine_loss(
         model, loss, tape.outputs, tape.backwards, targets, sample_weight, logits
@@ -283,34 +333,92 @@ def grad_model(
     _add_weight_grads(carried.weights, reg_grads)
     engine_seconds = time.perf_counter() - start
 
-    fed = backprop.forward(graph, inputs, training, keras.noise, feed=keras.per_call)
-    own_pre = {name: keras.d_logits.get(name) for name in logits if name in keras.d_logits}
-    own = backprop.own_backward(graph, fed, keras.d_outputs, own_pre)
-    _add_weight_grads(own.weights, reg_grads)
+    if against is not None:
+        from .grad_against import against_rows
 
-    rows = _rows(model, keras, own, carried, tolerance)
-    loss_row = _loss_row(model, loss, keras, targets, sample_weight, value, tolerance, logits)
+        ref = (
+            _keras_reference(model, keras, inputs)
+            if keras is not None
+            else _engine_reference(model, tape, carried, value, inputs)
+        )
+        rows = against_rows(against, ref, model, against_layout, tolerance)
+    else:
+        fed = backprop.forward(graph, inputs, training, keras.noise, feed=keras.per_call)
+        own_pre = {name: keras.d_logits.get(name) for name in logits if name in keras.d_logits}
+        own = backprop.own_backward(graph, fed, keras.d_outputs, own_pre)
+        _add_weight_grads(own.weights, reg_grads)
+        rows = _rows(model, keras, own, carried, policy)
+        if float64:
+            _add_float64_truth(rows, model, keras, inputs, training, logits, reg_grads, own)
+        rows.insert(
+            0, _loss_row(model, loss, keras, targets, sample_weight, value, tolerance, logits)
+        )
     result = GradResult(
         model_path=path,
         keras_version=model.spec.keras_version,
         oracle=flavor,
         oracle_reason=why,
-        oracle_version=runner.version,
+        oracle_version=version,
         loss_name=loss.name,
         loss_from=loss_from,
         mode=mode,
-        keras_loss=keras.loss,
+        keras_loss=keras.loss if keras else value,
         engine_loss=value,
-        rows=[loss_row, *rows],
+        rows=rows,
         tolerance=tolerance,
         batch=int(inputs[0].shape[0]),
         engine_seconds=engine_seconds,
-        keras_seconds=keras.seconds,
+        keras_seconds=keras.seconds if keras else 0.0,
         logits_path=bool(logits),
+        subject="engine" if against is None else "your arrays",
     )
     if save:
         result.saved = _saved_arrays(model, keras, carried, value)
     return result
+
+
+def _call_inputs(spec, per_call: dict, model_inputs: list) -> dict:
+    values = {(i.name, 0): a for i, a in zip(spec.inputs, model_inputs)}
+    for call in spec.calls:
+        values[(call.layer, call.index)] = per_call[call.name]
+
+    def pick(ref):
+        value = values[(ref.layer, ref.call)]
+        return value[ref.tensor] if isinstance(value, (list, tuple)) else value
+
+    return {call.name: [pick(ref) for ref in call.inputs] for call in spec.calls}
+
+
+def _layer_weights(model) -> dict:
+    return {name: dict(layer.w) for name, layer in model.graph.layers.items()}
+
+
+def _keras_reference(model, keras, inputs) -> GradReference:
+    weights = {}
+    for layer, grads in (keras.weights if keras is not None else {}).items():
+        names = list(model.graph.layers[layer].w)
+        weights[layer] = {names[i]: g for i, g in grads.items() if g is not None}
+    return GradReference(
+        name="keras",
+        loss=keras.loss,
+        inputs=_call_inputs(model.spec, keras.per_call, inputs),
+        outputs=keras.per_call,
+        d_outputs=keras.d_outputs,
+        weights=weights,
+        layer_weights=_layer_weights(model),
+    )
+
+
+def _engine_reference(model, tape, carried, value, inputs) -> GradReference:
+    return GradReference(
+        name="numpy",
+        loss=value,
+        inputs=_call_inputs(model.spec, tape.per_call, inputs),
+        outputs=tape.per_call,
+        d_outputs=carried.d_outputs,
+        weights=carried.weights,
+        layer_weights=_layer_weights(model),
+    )
 
 
 def _add_regularization(model, value):
@@ -361,12 +469,13 @@ def _loss_row(model, loss, keras, targets, sample_weight, value, tolerance, logi
     return row
 
 
-def _rows(model, keras, own, carried, tolerance) -> list[CallRow]:
+def _rows(model, keras, own, carried, policy: GradPolicy) -> list[CallRow]:
     graph, spec = model.graph, model.spec
     last_call = {c.layer: c.name for c in spec.calls}
     rows = []
     for call in reversed(spec.calls):
         layer = graph.layers[call.layer]
+        tolerance = policy.for_call(call.name, layer.class_name)
         row = CallRow(call.name, layer.class_name)
         theirs = keras.d_outputs.get(call.name)
         if theirs is not None and not isinstance(theirs, list):
@@ -414,6 +523,59 @@ def _rows(model, keras, own, carried, tolerance) -> list[CallRow]:
     return rows
 
 
+def _add_float64_truth(rows, model, keras, inputs, training, logits, reg_grads, own):
+    """Each call's backward in float64, fed Keras' values: which float32 side is closer."""
+    exact_model = EngineModel(model.spec, dtype="float64")
+
+    def wide(value):
+        if isinstance(value, list):
+            return [wide(v) for v in value]
+        return None if value is None else np.asarray(value, np.float64)
+
+    per_call = {name: wide(v) for name, v in keras.per_call.items()}
+    fed = backprop.forward(exact_model.graph, wide(inputs), training, keras.noise, feed=per_call)
+    d_outputs = {name: wide(v) for name, v in keras.d_outputs.items()}
+    pre = {name: wide(keras.d_logits.get(name)) for name in logits if name in keras.d_logits}
+    exact = backprop.own_backward(exact_model.graph, fed, d_outputs, pre)
+    _add_weight_grads(exact.weights, reg_grads)
+    for row in rows:
+        for tensor in row.tensors:
+            truth, mine, theirs = _float64_pair(row.name, tensor.tensor, exact, own, keras, model)
+            if truth is None or mine is None or theirs is None:
+                continue
+            tensor.float64 = {
+                "keras": _relative(theirs, truth),
+                "engine": _relative(mine, truth),
+            }
+
+
+def _float64_pair(call_name, tensor, exact, own, keras, model):
+    call = next(c for c in model.spec.calls if c.name == call_name)
+    if tensor.startswith("d_input"):
+        index = int(tensor.split("#")[1]) if "#" in tensor else 0
+        theirs = keras.d_inputs.get(call_name, [])
+        return (
+            _at(exact.d_inputs.get(call_name), index),
+            _at(own.d_inputs.get(call_name), index),
+            theirs[index] if index < len(theirs) else None,
+        )
+    if tensor == "d_output":
+        return None, None, None
+    names = list(model.graph.layers[call.layer].w)
+    index = names.index(tensor)
+    return (
+        exact.weights.get(call.layer, {}).get(tensor),
+        own.weights.get(call.layer, {}).get(tensor),
+        keras.weights.get(call.layer, {}).get(index),
+    )
+
+
+def _relative(value, truth) -> float:
+    scale = _norm(truth)
+    diff = float(np.linalg.norm(np.asarray(value, np.float64) - truth))
+    return diff / scale if scale > 0 else diff
+
+
 def _stats(ours, theirs, tolerance):
     if ours is None:  # the engine produced no gradient where Keras has one
         ours = np.zeros_like(theirs)
@@ -431,13 +593,17 @@ def _norm(value) -> float:
 
 
 def _saved_arrays(model, keras, carried, value) -> dict:
-    arrays = {"keras/loss": np.asarray(keras.loss), "numpy/loss": np.asarray(value)}
+    arrays = {"numpy/loss": np.asarray(value)}
+    sides = [("numpy", carried.d_outputs)]
+    if keras is not None:
+        arrays["keras/loss"] = np.asarray(keras.loss)
+        sides.append(("keras", keras.d_outputs))
     for call in model.spec.calls:
-        for side, source in (("keras", keras.d_outputs), ("numpy", carried.d_outputs)):
+        for side, source in sides:
             grad = source.get(call.name)
             if grad is not None and not isinstance(grad, list):
                 arrays[f"{side}/d/{call.name}"] = grad
-    for layer, grads in keras.weights.items():
+    for layer, grads in (keras.weights if keras is not None else {}).items():
         names = list(model.graph.layers[layer].w)
         for index, grad in grads.items():
             if grad is not None:

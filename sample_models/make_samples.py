@@ -95,18 +95,26 @@ def main() -> None:
     x_cnn = (2.0 * rng.standard_normal((4, 28, 28, 1))).astype("float32")
     x_first = (2.0 * rng.standard_normal((4, 1, 10, 10))).astype("float32")
 
+    y_regressor = rng.standard_normal((4, 1)).astype("float32")
+    y_cnn = np.eye(10, dtype="float32")[rng.integers(0, 10, size=4)]
+    y_first = np.eye(3, dtype="float32")[rng.integers(0, 3, size=4)]
     samples = [
-        ("seed000_regressor.keras", regressor(keras), x_regressor),
-        ("seed000_regressor_keras2.h5", regressor(tf_keras), x_regressor),
-        ("seed004_cnn.keras", small_cnn(keras), x_cnn),
-        ("seed001_channels_first.keras", channels_first(keras), x_first),
+        ("seed000_regressor.keras", regressor(keras), x_regressor, y_regressor, keras),
+        ("seed000_regressor_keras2.h5", regressor(tf_keras), x_regressor, y_regressor, tf_keras),
+        ("seed004_cnn.keras", small_cnn(keras), x_cnn, y_cnn, keras),
+        ("seed001_channels_first.keras", channels_first(keras), x_first, y_first, keras),
     ]
-    for seed, (name, model, x) in enumerate(samples):
+    for seed, (name, model, x, y, k) in enumerate(samples):
         randomize(model, seed)
+        # Compiled as the learners compile them, so `grad` finds the loss in the file.
+        loss = "mse" if y.shape[-1] == 1 else "categorical_crossentropy"
+        model.compile(optimizer=k.optimizers.SGD(0.01), loss=loss)
         path = os.path.join(HERE, name)
         model.save(path)
-        np.save(os.path.join(HERE, name.rsplit(".", 1)[0] + ".input.npy"), x)
-        print(f"wrote {path} and its input {x.shape}")
+        stem = os.path.join(HERE, name.rsplit(".", 1)[0])
+        np.save(stem + ".input.npy", x)
+        np.save(stem + ".target.npy", y)
+        print(f"wrote {path}, its input {x.shape} and target {y.shape}")
 
 
 if __name__ == "__main__":

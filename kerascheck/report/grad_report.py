@@ -22,7 +22,7 @@ STYLE = {"match": "green", "mismatch": "red", "drift": "yellow"}
 def _num(value) -> str:
     if value is None:
         return "-"
-    return f"{value:.2e}" if value else "0"
+    return f"{value:.1e}" if value else "0"
 
 
 def _title(result: GradResult) -> str:
@@ -44,16 +44,21 @@ def loss_line(result: GradResult) -> Text:
 
 def grad_table(result: GradResult) -> Group:
     table = Table(title=_title(result), title_justify="left")
+    # own / carried: ||engine - keras|| / ||keras|| per tensor; ratio: ||engine|| / ||keras||
     table.add_column("#", justify="right", style="dim")
     table.add_column("call", no_wrap=True)
-    table.add_column("class", no_wrap=True)
+    table.add_column("class", overflow="ellipsis", max_width=24)
     table.add_column("tensor", no_wrap=True)
     table.add_column("shape", no_wrap=True)
-    table.add_column("|keras|", justify="right")
-    table.add_column("own rel", justify="right")
-    table.add_column("carried rel", justify="right")
-    table.add_column("norm ratio", justify="right")
-    table.add_column("cosine", justify="right")
+    table.add_column("|keras|", justify="right", no_wrap=True)
+    table.add_column("own", justify="right", no_wrap=True)
+    table.add_column("carried", justify="right", no_wrap=True)
+    table.add_column("ratio", justify="right", no_wrap=True)
+    table.add_column("cosine", justify="right", no_wrap=True)
+    exact = any(t.float64 for r in result.rows for t in r.tensors)
+    if exact:
+        table.add_column("keras/f64", justify="right", no_wrap=True)
+        table.add_column("engine/f64", justify="right", no_wrap=True)
     table.add_column("status")
     hints = any(t.hint for r in result.rows for t in r.tensors)
     if hints:
@@ -75,10 +80,13 @@ def grad_table(result: GradResult) -> Group:
                     style="red" if tensor.own and not tensor.own.ok else "",
                 ),
                 _num(tensor.carried.rel_error) if tensor.carried else "-",
-                f"{shown.norm_ratio:.4f}" if shown else "-",
-                f"{shown.cosine:.5f}" if shown else "-",
-                Text(tensor.status, style=STYLE[tensor.status]),
+                f"{shown.norm_ratio:.3f}" if shown else "-",
+                f"{shown.cosine:.4f}" if shown else "-",
             ]
+            if exact:
+                truth = tensor.float64 or {}
+                cells += [_num(truth.get("keras")), _num(truth.get("engine"))]
+            cells.append(Text(tensor.status, style=STYLE[tensor.status]))
             if hints:
                 cells.append(tensor.hint or "")
             table.add_row(*cells, style="bold red reverse" if is_first else None)
