@@ -75,16 +75,30 @@ def forward(
     return Tape(outputs, per_call, backwards, values)
 
 
-def backward(graph: Graph, tape: Tape, d_outputs: list, pre_activation: dict | None = None):
+def backward(
+    graph: Graph,
+    tape: Tape,
+    d_outputs: list,
+    pre_activation: dict | None = None,
+    extra: dict | None = None,
+):
     """The engine's chain from the loss gradient with respect to each model output.
 
     `pre_activation` maps an output call's name to dL/d(its pre-activation)
     when the loss was computed from logits; that call then skips its activation.
+    `extra` maps call names to gradients added to their output's (activity
+    regularizers, which put a term of the loss on an inner tensor).
     """
     pending: dict[tuple, np.ndarray] = {}
     for ref, grad in zip(graph.spec.outputs, d_outputs):
         if grad is not None:
             _add(pending, ref, grad)
+    calls = {call.name: call for call in graph.spec.calls}
+    for name, grad in (extra or {}).items():
+        call = calls[name]
+        grads = grad if isinstance(grad, list) else [grad]
+        for index, g in enumerate(grads):
+            _add(pending, TensorRef(call.layer, call.index, index), g)
     pre_activation = pre_activation or {}
     result = Gradients()
     for call in reversed(graph.spec.calls):

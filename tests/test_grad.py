@@ -1,0 +1,209 @@
+"""`kerascheck grad`: Keras' gradients as the oracle, own vs carried per tensor, the CLI.
+
+The oracle must be what `fit` applies: one SGD step changes every weight by
+exactly `-lr` times the gradient kerascheck reports. A wrong backward in one
+layer must be pinned to that layer and tensor by the own error, while the
+layers after it (in backward order) still agree on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import FLAVORS, keras_module, make_input, randomize_weights
+
+import kerascheck
+from kerascheck.cli import main
+from kerascheck.engine.layers import core
+from kerascheck.grad import grad_model
+from kerascheck.oracle.gradients import KerasGradientRunner
+
+LR = 0.1
+
+
+def mlp(flavor, tmp_path, loss="categorical_crossentropy", ext=None, regularize=True):
+    """Dense(tanh, L2) -> Dense(relu) -> Dense(softmax), compiled with `loss`."""
+    k = keras_module(flavor)
+    reg = k.regularizers.L2(0.01) if regularize else None
+    inputs = k.Input((6,))
+    h = k.layers.Dense(5, activation="tanh", kernel_regularizer=reg, name="hidden")(inputs)
+    h = k.layers.Dense(4, activation="relu", name="middle")(h)
+    out = k.layers.Dense(3, activation="softmax", name="probs")(h)
+    model = k.Model(inputs, out)
+    randomize_weights(model)
+    model.compile(optimizer=k.optimizers.SGD(LR), loss=loss)
+    ext = ext or (".keras" if flavor == "keras" else ".h5")
+    path = os.path.join(str(tmp_path), f"mlp_{flavor}{ext}")
+    model.save(path)
+    return model, path
+
+
+def batch(n=8, seed=0):
+    x = make_input((n, 6), seed=seed)
+    y = np.eye(3, dtype="float32")[np.arange(n) % 3]
+    return x, y
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_one_fit_step_moves_each_weight_by_minus_lr_times_the_reported_gradient(flavor, tmp_path):
+    model, path = mlp(flavor, tmp_path)
+    x, y = batch()
+    spec = kerascheck.load(path).spec
+    runner = KerasGradientRunner(path, spec, flavor, spec.training["loss"])
+    grads = runner.gradients([x], [y], training=True)
+    before = {v.name if flavor == "tf_keras" else v.path: np.asarray(v) for v in model.weights}
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    for layer in model.layers[1:]:
+        for index, variable in enumerate(layer.weights):
+            key = variable.name if flavor == "tf_keras" else variable.path
+            expected = before[key] - np.float32(LR) * grads.weights[layer.name][index]
+            np.testing.assert_allclose(np.asarray(variable), expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_engine_gradients_match_keras_and_the_loss_includes_regularization(flavor, tmp_path):
+    _, path = mlp(flavor, tmp_path)
+    x, y = batch()
+    model = kerascheck.load(path)
+    result = grad_model(path, model, [x], [y])
+    assert result.status == "match", result.first_divergence
+    assert result.logits_path  # softmax output + cross-entropy: fit uses the logits
+    assert abs(result.engine_loss - result.keras_loss) <= 1e-5 * abs(result.keras_loss)
+    rows = {row.name: {t.tensor: t for t in row.tensors} for row in result.rows}
+    assert list(rows)[:2] == ["loss", "probs"]  # backward order
+    assert set(rows["hidden"]) == {"d_output", "d_input", "kernel", "bias"}
+    assert rows["hidden"]["kernel"].own.rel_error < 1e-5
+
+
+def test_a_wrong_layer_backward_is_pinned_to_that_layer_and_tensor(tmp_path, monkeypatch):
+    _, path = mlp("keras", tmp_path)
+    x, y = batch()
+    real = core.Dense.vjp
+
+    def off_by_one_percent(self, x, training=False, noise=None):
+        output, backward = real(self, x, training, noise)
+        if self.name != "middle":
+            return output, backward
+
+        def wrong(dz):
+            d_input, grads = backward.pre_activation(dz)
+            return d_input, {**grads, "kernel": grads["kernel"] * 1.01}
+
+        def chained(d_output):
+            from kerascheck.engine import activations
+
+            dz = activations.backward(backward.activation, backward.logits, output, d_output)
+            return wrong(dz)
+
+        return output, chained
+
+    monkeypatch.setattr(core.Dense, "vjp", off_by_one_percent)
+    result = grad_model(path, kerascheck.load(path), [x], [y])
+    assert result.first_divergence == {"call": "middle", "class_name": "Dense", "tensor": "kernel"}
+    rows = {row.name: {t.tensor: t for t in row.tensors} for row in result.rows}
+    assert rows["middle"]["kernel"].own.rel_error == pytest.approx(0.01, rel=1e-3)
+    assert rows["middle"]["d_input"].status == "match"
+    assert rows["hidden"]["kernel"].status == "match"
+
+
+def test_a_gradient_of_size_1e5_that_is_half_wrong_fails(tmp_path):
+    """Relative per tensor: an absolute 1e-5 would pass this."""
+    from kerascheck.grad import GradTolerance, TensorStats
+
+    truth = np.full((3, 3), 1e-5)
+    stats = TensorStats.of(truth * 1.5, truth, GradTolerance())
+    assert not stats.ok and stats.rel_error == pytest.approx(0.5)
+    assert TensorStats.of(truth * (1 + 1e-5), truth, GradTolerance()).ok
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path):
+    _, path = mlp("keras", tmp_path)
+    x, y = batch()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    return path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), tmp_path
+
+
+def test_cli_reports_match_json_and_saved_gradients(files):
+    path, x, y, tmp = files
+    out = CliRunner().invoke(
+        main,
+        ["grad", path, x, y, "--json", str(tmp / "r.json"), "--save-grads", str(tmp / "g.npz")],
+    )
+    assert out.exit_code == 0, out.output
+    assert "MATCH" in out.output and "compile_config" in out.output
+    report = json.loads((tmp / "r.json").read_text())
+    assert report["command"] == "grad" and report["schema"] == 1
+    assert report["status"] == "match" and report["first_divergence"] is None
+    assert report["loss"]["name"] == "CategoricalCrossentropy"
+    assert [c["name"] for c in report["calls"]] == ["loss", "probs", "middle", "hidden"]
+    saved = np.load(tmp / "g.npz")
+    for side in ("keras", "numpy"):
+        assert saved[f"{side}/grad/hidden/kernel"].shape == (6, 5)
+        assert saved[f"{side}/d/hidden"].shape == (8, 5)
+    np.testing.assert_allclose(
+        saved["numpy/grad/middle/kernel"], saved["keras/grad/middle/kernel"], rtol=1e-4
+    )
+
+
+def test_cli_loss_flag_overrides_the_file(files):
+    path, x, y, _ = files
+    out = CliRunner().invoke(main, ["grad", path, x, y, "--loss", "mse"])
+    assert out.exit_code == 0, out.output
+    assert "MeanSquaredError" in out.output and "--loss" in out.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--loss", "no_such_loss"], "no_such_loss"),
+        (["--sample-weight", "WRONG"], "sample weights"),
+    ],
+)
+def test_cli_bad_options_exit_2_with_one_line(files, args, message):
+    path, x, y, tmp = files
+    np.save(tmp / "w.npy", np.ones(3, "float32"))
+    args = [str(tmp / "w.npy") if a == "WRONG" else a for a in args]
+    out = CliRunner().invoke(main, ["grad", path, x, y, *args])
+    assert out.exit_code == 2, out.output
+    assert message in out.output and "Traceback" not in out.output
+
+
+def test_cli_wrong_target_shape_names_both_shapes(files):
+    path, x, _, tmp = files
+    np.save(tmp / "bad.npy", np.zeros((8, 4), "float32"))
+    out = CliRunner().invoke(main, ["grad", path, x, str(tmp / "bad.npy")])
+    assert out.exit_code == 2
+    assert "(batch, 3)" in out.output and "(8, 4)" in out.output
+
+
+def test_cli_without_a_compiled_loss_asks_for_one(tmp_path):
+    k = keras_module("keras")
+    model = k.Sequential([k.Input((4,)), k.layers.Dense(2)])
+    path = str(tmp_path / "plain.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", make_input((2, 4)))
+    np.save(tmp_path / "y.npy", np.zeros((2, 2), "float32"))
+    out = CliRunner().invoke(main, ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+    assert out.exit_code == 2 and "--loss" in out.output
+
+
+def test_cli_layer_without_a_backward_is_named(tmp_path):
+    k = keras_module("keras")
+    model = k.Sequential([k.Input((5, 3)), k.layers.LSTM(2, name="memory")])
+    model.compile(loss="mse")
+    path = str(tmp_path / "rnn.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", make_input((2, 5, 3)))
+    np.save(tmp_path / "y.npy", np.zeros((2, 2), "float32"))
+    out = CliRunner().invoke(main, ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+    assert out.exit_code == 2
+    assert "memory" in out.output and "LSTM" in out.output and "backward" in out.output
