@@ -19,7 +19,7 @@ from .config import parse_model_config
 from .hdf5 import child, open_file, read_array, text_attr
 from .safety import MODEL_CLASSES
 from .spec import ModelSpec
-from .training import training_setup
+from .training import keras3_optimizer_vars, training_setup
 
 MAX_CONFIG_BYTES = 256 * 2**20
 MAX_WEIGHTS_BYTES = 16 * 2**30
@@ -59,6 +59,8 @@ def read_keras_zip(path: str) -> ModelSpec:
         weights = _read_member(archive, "model.weights.h5", MAX_WEIGHTS_BYTES, path)
     with open_file(io.BytesIO(weights), f"{path}: model.weights.h5") as store:
         assign_weights(spec, store, path)
+        if spec.training is not None:
+            spec.training["state"] = keras3_optimizer_vars(store, path)
     return spec
 
 

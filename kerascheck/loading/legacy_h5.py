@@ -11,7 +11,7 @@ from .config import parse_model_config
 from .hdf5 import child, list_attr, open_file, read_array, text_attr
 from .safety import MODEL_CLASSES
 from .spec import LayerSpec, ModelSpec
-from .training import training_setup
+from .training import h5_optimizer_weights, training_setup
 
 
 def read_legacy_h5(path: str) -> ModelSpec:
@@ -37,6 +37,8 @@ def read_legacy_h5(path: str) -> ModelSpec:
         if not isinstance(weights, h5py.Group):
             raise KerascheckError(f"{path}: expected a 'model_weights' group, found none")
         assign_weights(spec, weights, path)
+        if spec.training is not None:
+            spec.training["state"] = h5_optimizer_weights(handle, path)
     return spec
 
 

@@ -14,3 +14,32 @@ def training_setup(compiled, where: str) -> dict | None:
         "optimizer": optimizer,
         "where": where,
     }
+
+
+def keras3_optimizer_vars(store, path: str) -> list | None:
+    """`optimizer/vars/N` of a `.keras` weights file, in index order: 0 is the iteration
+    count, 1 the learning rate, then the slots in trainable-variable order."""
+    from .hdf5 import child, read_array
+
+    group = child(store, "optimizer/vars")
+    if group is None:
+        return None
+    keys = sorted((k for k in group.keys() if k.isdigit()), key=int)
+    return [read_array(child(group, k), f"{path}: optimizer/vars/{k}") for k in keys]
+
+
+def h5_optimizer_weights(handle, path: str) -> list | None:
+    """`optimizer_weights` of a legacy `.h5` file: (name, array) in its `weight_names` order."""
+    from .hdf5 import child, list_attr, read_array
+
+    group = child(handle, "optimizer_weights")
+    if group is None:
+        return None
+    names = list_attr(group, "weight_names")
+    arrays = []
+    for name in names:
+        node = child(group, name)
+        if node is None:
+            continue
+        arrays.append((name, read_array(node, f"{path}: optimizer_weights/{name}")))
+    return arrays
