@@ -639,6 +639,113 @@ def _loss_option(model, loss, from_logits):
     return {"class_name": chosen.name, "config": {"from_logits": True}}
 
 
+@main.command("train-step")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("input_path", metavar="INPUT")
+@click.argument("target_path", metavar="TARGET")
+@click.option("--steps", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Default: INPUT whole.")
+@click.option("--loss", default=None, help="Loss name; default: the file's.")
+@click.option("--sample-weight", "sample_weight_path", type=click.Path(dir_okay=False))
+@click.option("--optimizer", "optimizer_name", default=None, help="Default: the file's.")
+@click.option("--lr", type=float, default=None, help="Learning rate.")
+@click.option("--momentum", type=float, default=None)
+@click.option("--nesterov", is_flag=True, default=None)
+@click.option("--beta-1", type=float, default=None)
+@click.option("--beta-2", type=float, default=None)
+@click.option("--epsilon", type=float, default=None)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--clipnorm", type=float, default=None)
+@click.option("--global-clipnorm", type=float, default=None)
+@click.option("--clipvalue", type=float, default=None)
+@click.option("--fresh-optimizer", is_flag=True, help="Start from zero optimizer state.")
+@click.option("--rtol", type=click.FloatRange(0), default=None, help="[default: 1e-3]")
+@click.option("--save-weights", type=click.Path(dir_okay=False), help="Both sides' weights after.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="JSON report.")
+@ORACLE_OPTION
+@friendly_errors
+def train_step(
+    model_path,
+    input_path,
+    target_path,
+    steps,
+    batch_size,
+    loss,
+    sample_weight_path,
+    optimizer_name,
+    lr,
+    momentum,
+    nesterov,
+    beta_1,
+    beta_2,
+    epsilon,
+    weight_decay,
+    clipnorm,
+    global_clipnorm,
+    clipvalue,
+    fresh_optimizer,
+    rtol,
+    save_weights,
+    json_path,
+    oracle,
+):
+    """Check N training steps (forward, backward, optimizer) against Keras, weight by weight.
+
+    Exit code 0 when every update agrees, 1 when one diverges, 2 when the check could
+    not run.
+    """
+    from .grad import DEFAULT_GRAD_RTOL, GradTolerance
+    from .inputs import read_inputs
+    from .report.json_report import dumps
+    from .report.train_step_report import train_step_json, train_step_table
+    from .targets import read_sample_weight, read_targets
+    from .train_step import train_step_model
+
+    model = _load(model_path)
+    inputs = [np.asarray(a) for a in read_inputs(input_path, model.spec)]
+    targets = read_targets(target_path, model.spec)
+    weights = (
+        read_sample_weight(sample_weight_path, int(inputs[0].shape[0]))
+        if sample_weight_path
+        else None
+    )
+    flags = {
+        "learning_rate": lr,
+        "momentum": momentum,
+        "nesterov": nesterov,
+        "beta_1": beta_1,
+        "beta_2": beta_2,
+        "epsilon": epsilon,
+        "weight_decay": weight_decay,
+        "clipnorm": clipnorm,
+        "global_clipnorm": global_clipnorm,
+        "clipvalue": clipvalue,
+    }
+    if save_weights and not save_weights.endswith(".npz"):
+        raise KerascheckError(f"{save_weights}: expected an .npz path for --save-weights")
+    result = train_step_model(
+        model_path,
+        model,
+        inputs,
+        targets,
+        loss_option=loss,
+        sample_weight=weights,
+        optimizer_name=optimizer_name,
+        overrides={k: v for k, v in flags.items() if v is not None},
+        fresh=fresh_optimizer,
+        steps=steps,
+        batch_size=batch_size,
+        oracle=oracle,
+        tolerance=GradTolerance(rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol),
+        save=save_weights is not None,
+    )
+    _write(json_path, dumps(train_step_json(result)) + "\n")
+    if save_weights:
+        np.savez(save_weights, **result.saved)
+    _console().print(train_step_table(result))
+    sys.exit(EXIT_MATCH if result.status == "match" else EXIT_MISMATCH)
+
+
 @main.command()
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @tolerance_options

@@ -38,6 +38,12 @@ from .errors import KerascheckError
 
 DEFAULT_GRAD_RTOL = 1e-3
 DEFAULT_GRAD_ATOL = 1e-9
+# A gradient that is zero in exact arithmetic (a bias in front of a BatchNormalization
+# in training mode) comes out as float32 cancellation noise on both sides, about 1e-7
+# of the layer's other gradients. Within one call, a tensor is judged with an absolute
+# floor of this fraction of the call's largest gradient norm, so noise against noise
+# is not a mismatch while a real gradient of any size is still judged relatively.
+CANCELLATION_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,8 @@ class GradTolerance:
     rtol: float = DEFAULT_GRAD_RTOL
     atol: float = DEFAULT_GRAD_ATOL
 
-    def allows(self, diff_norm: float, ref_norm: float, size: int) -> bool:
-        return diff_norm <= self.rtol * ref_norm + self.atol * math.sqrt(max(size, 1))
+    def allows(self, diff_norm: float, ref_norm: float, size: int, floor: float = 0.0) -> bool:
+        return diff_norm <= self.rtol * ref_norm + self.atol * math.sqrt(max(size, 1)) + floor
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class TensorStats:
     ok: bool
 
     @classmethod
-    def of(cls, ours, theirs, tolerance: GradTolerance) -> TensorStats:
+    def of(cls, ours, theirs, tolerance: GradTolerance, floor: float = 0.0) -> TensorStats:
         a = np.asarray(ours, np.float64)
         b = np.asarray(theirs, np.float64)
         if a.shape != b.shape:
@@ -90,7 +96,7 @@ class TensorStats:
             max_abs_diff=float(np.max(np.abs(a - b))) if a.size and finite else 0.0,
             norm_ratio=na / nb if nb > 0 else (1.0 if na == 0 else math.inf),
             cosine=cosine,
-            ok=finite and tolerance.allows(diff, nb, a.size),
+            ok=finite and tolerance.allows(diff, nb, a.size, floor),
         )
 
     def worse(self, other: TensorStats | None) -> TensorStats:
@@ -546,8 +552,20 @@ def _rows(model, keras, own, carried, policy: GradPolicy) -> list[CallRow]:
                     )
                 )
         if row.tensors:
+            _apply_floor(row, tolerance)
             rows.append(row)
     return rows
+
+
+def _apply_floor(row: CallRow, tolerance: GradTolerance) -> None:
+    """Re-judge the call's tensors with the cancellation floor (see CANCELLATION_FLOOR)."""
+    floor = CANCELLATION_FLOOR * max((t.keras_norm for t in row.tensors), default=0.0)
+    for tensor in row.tensors:
+        for stats in (tensor.own, tensor.carried):
+            if stats is not None and not stats.ok and math.isfinite(stats.rel_error):
+                diff = stats.rel_error * tensor.keras_norm
+                size = int(np.prod(tensor.shape)) if tensor.shape else 1
+                stats.ok = tolerance.allows(diff, tensor.keras_norm, size, floor)
 
 
 def _add_float64_truth(rows, model, keras, inputs, training, logits, reg_grads, own):

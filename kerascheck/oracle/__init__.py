@@ -91,12 +91,12 @@ def _import(flavor: str):
     return module
 
 
-def load_keras_model(path: str, flavor: str):
+def load_keras_model(path: str, flavor: str, compile: bool = False):
     """Load with the chosen Keras, safe mode on; a failure is reported, not raised raw."""
     module = _import(flavor)
     try:
         return module.models.load_model(
-            path, compile=False, safe_mode=True, custom_objects=_application_layers(flavor)
+            path, compile=compile, safe_mode=True, custom_objects=_application_layers(flavor)
         )
     except Exception as exc:  # Keras raises many types for files it cannot read
         message = " ".join(str(exc).split())[:400]

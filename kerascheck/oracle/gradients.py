@@ -49,14 +49,24 @@ class KerasGradients:
 class KerasGradientRunner:
     """A model loaded once in the chosen Keras and compiled with the loss to check."""
 
-    def __init__(self, path: str, spec: ModelSpec, flavor: str, loss, loss_weights=None):
+    def __init__(
+        self, path: str, spec: ModelSpec, flavor: str, loss, loss_weights=None, optimizer=None
+    ):
+        """`optimizer`: None (gradients only), "file" (the file's optimizer and its saved
+        state, as `load_model(compile=True)` restores them), or a serialized optimizer
+        config to start fresh."""
         self.module = _import(flavor)
         self.flavor = flavor
         self.version = self.module.__version__
         self.spec = spec
-        self.model = load_keras_model(path, flavor)
+        self.model = load_keras_model(path, flavor, compile=optimizer == "file")
+        chosen = "sgd"
+        if optimizer == "file":
+            chosen = self.model.optimizer
+        elif optimizer is not None:
+            chosen = _deserialize_optimizer(self.module, optimizer)
         try:
-            self.model.compile(optimizer="sgd", loss=loss, loss_weights=loss_weights)
+            self.model.compile(optimizer=chosen, loss=loss, loss_weights=loss_weights)
         except Exception as exc:
             message = " ".join(str(exc).split())[:300]
             raise KerascheckError(f"{flavor} cannot compile the loss {loss!r}: {message}")
@@ -66,6 +76,30 @@ class KerasGradientRunner:
         result = _taped_pass(self, arrays, targets, sample_weight, training, set(noise_calls))
         result.seconds = time.perf_counter() - start
         return result
+
+    def apply(self, result: KerasGradients) -> None:
+        """One optimizer step with the gradients of `result`, as `fit` applies them."""
+        pairs = [(g, v) for g, v in zip(*result._raw) if g is not None]
+        start = time.perf_counter()
+        self.model.optimizer.apply_gradients(pairs)
+        result.seconds += time.perf_counter() - start
+
+    def weights(self) -> dict:
+        """{layer name: [every weight's value, in the file's order]}."""
+        operations = _operations(self.model)
+        out = {}
+        for name, layer in self.spec.layers.items():
+            if layer.class_name == "InputLayer":
+                continue
+            keras_layer = operations.get(name) or self.model.get_layer(name)
+            out[name] = [np.asarray(v) for v in keras_layer.weights]
+        return out
+
+    def optimizer_slots(self) -> dict:
+        """{variable path or name: value} of the optimizer's variables."""
+        opt = self.model.optimizer
+        variables = opt.variables if self.flavor == "keras" else opt.variables()
+        return {getattr(v, "path", None) or v.name: np.asarray(v) for v in variables}
 
 
 def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
@@ -156,7 +190,17 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
     )
     for (name, index), g in zip(owners, var_grads):
         result.weights.setdefault(name, {})[index] = _maybe(g)
+    result._raw = (var_grads, variables)
     return result
+
+
+def _deserialize_optimizer(module, config):
+    """A built-in optimizer from its config (kerascheck checked the class first)."""
+    try:
+        return module.optimizers.deserialize(config)
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise KerascheckError(f"Keras cannot build the optimizer {config!r}: {message}")
 
 
 def _private_copy(tf, value):

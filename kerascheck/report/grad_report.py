@@ -16,7 +16,7 @@ from rich.text import Text
 from ..grad import GradResult
 from .json_report import SCHEMA_VERSION
 
-STYLE = {"match": "green", "mismatch": "red", "drift": "yellow"}
+STYLE = {"match": "green", "mismatch": "red", "drift": "yellow", "skipped": "dim"}
 
 
 def _num(value) -> str:
@@ -25,9 +25,16 @@ def _num(value) -> str:
     return f"{value:.1e}" if value else "0"
 
 
+def _sides(result: GradResult) -> tuple[str, str]:
+    """Who is judged against whom: the engine or the user's arrays, Keras or the engine."""
+    ours = "engine" if result.subject == "engine" else "yours"
+    return ours, "engine" if result.oracle == "numpy" else "keras"
+
+
 def _title(result: GradResult) -> str:
     return (
-        f"{result.model_path}: gradients, engine vs {result.oracle} {result.oracle_version} "
+        f"{result.model_path}: gradients, {result.subject} vs {result.oracle} "
+        f"{result.oracle_version} "
         f"(saved by Keras {result.keras_version}), batch {result.batch}, {result.mode} mode"
     )
 
@@ -51,8 +58,10 @@ def grad_table(result: GradResult) -> Group:
     table.add_column("tensor", no_wrap=True)
     table.add_column("shape", no_wrap=True)
     table.add_column("|keras|", justify="right", no_wrap=True)
-    table.add_column("own", justify="right", no_wrap=True)
-    table.add_column("carried", justify="right", no_wrap=True)
+    engine = result.subject == "engine"  # the user's arrays (--against) have no own error
+    if engine:
+        table.add_column("own", justify="right", no_wrap=True)
+    table.add_column("carried" if engine else "rel error", justify="right", no_wrap=True)
     table.add_column("ratio", justify="right", no_wrap=True)
     table.add_column("cosine", justify="right", no_wrap=True)
     exact = any(t.float64 for r in result.rows for t in r.tensors)
@@ -75,10 +84,15 @@ def grad_table(result: GradResult) -> Group:
                 tensor.tensor,
                 "(" + ", ".join(str(d) for d in tensor.shape) + ")",
                 _num(tensor.keras_norm),
-                Text(
-                    _num(tensor.own.rel_error) if tensor.own else "-",
-                    style="red" if tensor.own and not tensor.own.ok else "",
-                ),
+            ]
+            if engine:
+                cells.append(
+                    Text(
+                        _num(tensor.own.rel_error) if tensor.own else "-",
+                        style="red" if tensor.own and not tensor.own.ok else "",
+                    )
+                )
+            cells += [
                 _num(tensor.carried.rel_error) if tensor.carried else "-",
                 f"{shown.norm_ratio:.3f}" if shown else "-",
                 f"{shown.cosine:.4f}" if shown else "-",
@@ -88,7 +102,7 @@ def grad_table(result: GradResult) -> Group:
                 cells += [_num(truth.get("keras")), _num(truth.get("engine"))]
             cells.append(Text(tensor.status, style=STYLE[tensor.status]))
             if hints:
-                cells.append(tensor.hint or "")
+                cells.append(Text(tensor.hint or ""))  # plain text: hints hold [brackets]
             table.add_row(*cells, style="bold red reverse" if is_first else None)
     return Group(loss_line(result), table, verdict(result))
 
@@ -97,7 +111,10 @@ def verdict(result: GradResult) -> Text:
     tol = result.tolerance
     text = Text()
     first = result.first_divergence
-    rule = f"||engine - keras|| <= {tol.rtol:g} x ||keras|| + {tol.atol:g} x sqrt(n), per tensor"
+    ours, theirs = _sides(result)
+    rule = (
+        f"||{ours} - {theirs}|| <= {tol.rtol:g} x ||{theirs}|| + {tol.atol:g} x sqrt(n), per tensor"
+    )
     if first is None:
         text.append("MATCH", style="bold green")
         text.append(f": every gradient within {rule}")
@@ -113,7 +130,18 @@ def verdict(result: GradResult) -> Text:
         f": first divergence in backward order at {first['call']} ({first['class_name']}), "
         f"tensor {first['tensor']}; tolerance {rule}"
     )
+    hint = _first_hint(result, first)
+    if hint:
+        text.append(f"\nlikely cause: {hint}", style="bold")
     return text
+
+
+def _first_hint(result: GradResult, first: dict) -> str | None:
+    for row in result.rows:
+        for tensor in row.tensors:
+            if (row.name, tensor.tensor) == (first["call"], first["tensor"]):
+                return tensor.hint
+    return None
 
 
 def grad_json(result: GradResult) -> dict:
@@ -195,7 +223,8 @@ def grad_markdown(result: GradResult) -> str:
     lines = [
         f"### {icon} kerascheck grad: `{result.model_path}` — {result.status}",
         "",
-        f"Engine vs {result.oracle} {result.oracle_version}; loss {result.loss_name} "
+        f"{result.subject.capitalize()} vs {result.oracle} {result.oracle_version}; "
+        f"loss {result.loss_name} "
         f"(from {result.loss_from}): keras {result.keras_loss:.8g}, engine "
         f"{result.engine_loss:.8g}; {result.batch} samples, {result.mode} mode; tolerance "
         f"rtol={tol.rtol:g} per tensor.",
