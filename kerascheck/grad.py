@@ -126,8 +126,6 @@ class TensorRow:
             return "match" if self.carried.ok else "mismatch"
         if self.own is not None and not self.own.ok:
             return "mismatch"
-        if self.own is None and self.carried is not None and not self.carried.ok:
-            return "mismatch" if self.tensor == "loss" else "drift"
         if self.carried is not None and not self.carried.ok:
             return "drift"
         return "match"
@@ -341,6 +339,7 @@ def grad_model(
     value, d_outputs, d_pre = engine_loss(
         model, loss, tape.outputs, tape.backwards, targets, sample_weight, logits
     )
+    pure = value
     value, reg_grads = _add_regularization(model, value)
     value, activity = _activity_regularization(model, tape, value)
     carried = backprop.backward(graph, tape, d_outputs, d_pre, activity)
@@ -365,7 +364,10 @@ def grad_model(
         if float64:
             _add_float64_truth(rows, model, keras, inputs, training, logits, reg_grads, own)
         rows.insert(
-            0, _loss_row(model, loss, keras, targets, sample_weight, value, tolerance, logits)
+            0,
+            _loss_row(
+                model, loss, keras, targets, sample_weight, value, value - pure, tolerance, logits
+            ),
         )
     result = GradResult(
         model_path=path,
@@ -473,32 +475,40 @@ def _add_weight_grads(weights, extra):
             into[name] = grad if name not in into else into[name] + grad
 
 
-def _loss_row(model, loss, keras, targets, sample_weight, value, tolerance, logits):
-    """The loss value, and the loss gradient computed from Keras' own predictions."""
+def _loss_row(model, loss, keras, targets, sample_weight, value, penalties, tolerance, logits):
+    """The loss value and gradient computed from Keras' own predictions (own), and the
+    engine's end to end (carried); `penalties` are the regularization terms."""
     row = CallRow("loss", loss.name)
+    own_value = penalties
+    gradients = []
+    for ref, y_true, y_pred in zip(model.spec.outputs, targets, keras.outputs):
+        name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
+        if name in logits and keras.logits.get(name) is not None:
+            part, ours = loss.value_and_grad(
+                y_true, y_pred, sample_weight, logits=keras.logits[name]
+            )
+            theirs, label = keras.d_logits.get(name), "d_logits"
+        else:
+            part, ours = loss.value_and_grad(y_true, y_pred, sample_weight)
+            theirs, label = keras.d_outputs.get(name), "d_prediction"
+        own_value += float(part)
+        if theirs is not None:
+            suffix = "" if len(model.spec.outputs) == 1 else f"[{name}]"
+            stats = TensorStats.of(ours, theirs, tolerance)
+            gradients.append(
+                TensorRow(label + suffix, list(np.shape(theirs)), _norm(theirs), stats)
+            )
+    keras_loss = np.asarray(keras.loss)
     row.tensors.append(
         TensorRow(
             "loss",
             [],
             abs(keras.loss),
-            carried=TensorStats.of(np.asarray(value), np.asarray(keras.loss), tolerance),
+            own=TensorStats.of(np.asarray(own_value), keras_loss, tolerance),
+            carried=TensorStats.of(np.asarray(value), keras_loss, tolerance),
         )
     )
-    for ref, y_true, y_pred in zip(model.spec.outputs, targets, keras.outputs):
-        name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
-        if name in logits and keras.d_logits.get(name) is not None:
-            theirs = keras.d_logits[name]
-            ours = loss.value_and_grad(y_true, y_pred, sample_weight, logits=keras.logits[name])[1]
-            label = "d_logits"
-        else:
-            theirs = keras.d_outputs.get(name)
-            if theirs is None:
-                continue
-            ours = loss.value_and_grad(y_true, y_pred, sample_weight)[1]
-            label = "d_prediction"
-        suffix = "" if len(model.spec.outputs) == 1 else f"[{name}]"
-        stats = TensorStats.of(ours, theirs, tolerance)
-        row.tensors.append(TensorRow(label + suffix, list(np.shape(theirs)), _norm(theirs), stats))
+    row.tensors.extend(gradients)
     return row
 
 

@@ -311,12 +311,23 @@ def resolve(value, keras_major: int = 3):
 # -- derivatives ---------------------------------------------------------------
 # Each entry maps an activation to `d_input(x, y, dy)`: the gradient with respect
 # to the pre-activation `x`, given the output `y` and the upstream gradient `dy`.
-# At the kinks TensorFlow's choices hold: relu'(0) = 0, leaky_relu'(0) = slope,
-# elu'(0) = 1, and clipped ranges pass the gradient strictly inside only.
+# At the kinks TensorFlow's choices hold, decided by the ops Keras composes:
+# relu'(0) = 0, leaky_relu'(0) = slope, elu'(0) = selu'(0)/scale = 1; relu6 (and
+# Keras 3's hard_sigmoid, built on it) passes the gradient strictly inside its
+# range, but `clip_by_value` (hard_tanh, Keras 2's hard_sigmoid) also at the
+# bounds; celu's `maximum(x, 0)` and `minimum(x, 0)` both pass it at 0, so
+# celu'(0) = 2. Conditions are taken on the clipped op's own argument, as
+# computed in the input's dtype.
 
 
 def _inside(x, low, high):
+    """1 strictly inside (low, high): relu6-style clipping."""
     return ((x > _c(x, low)) & (x < _c(x, high))).astype(x.dtype)
+
+
+def _within(x, low, high):
+    """1 on [low, high]: `tf.clip_by_value`, whose gradient also passes at the bounds."""
+    return ((x >= _c(x, low)) & (x <= _c(x, high))).astype(x.dtype)
 
 
 def _softmax_backward(x, y, dy, axis=-1):
@@ -350,8 +361,21 @@ def _mish_backward(x, y, dy):
     return dy * (t + x * (_c(x, 1.0) - t * t) * sigmoid(x))
 
 
+def _hard_sigmoid_keras3_backward(x, y, dy):
+    # relu6(x + 3) / 6
+    return dy * _inside(x + _c(x, 3.0), 0.0, 6.0) / _c(x, 6.0)
+
+
 def _hard_silu_backward(x, y, dy):
-    return dy * (relu6(x + _c(x, 3.0)) / _c(x, 6.0) + x * _inside(x, -3.0, 3.0) / _c(x, 6.0))
+    # x * hard_sigmoid(x)
+    slope = _inside(x + _c(x, 3.0), 0.0, 6.0) / _c(x, 6.0)
+    return dy * (hard_sigmoid_keras3(x) + x * slope)
+
+
+def _celu_backward(x, y, dy):
+    # maximum(x, 0) + expm1(minimum(x, 0)): TF's maximum/minimum pass ties to x.
+    zero = _c(x, 0.0)
+    return dy * ((x >= zero) + np.exp(np.minimum(x, zero)) * (x <= zero))
 
 
 DERIVATIVES = {
@@ -359,8 +383,11 @@ DERIVATIVES = {
     relu: lambda x, y, dy: dy * (x > 0),
     relu6: lambda x, y, dy: dy * _inside(x, 0.0, 6.0),
     sigmoid: lambda x, y, dy: dy * y * (_c(x, 1.0) - y),
-    hard_sigmoid_keras3: lambda x, y, dy: dy * _inside(x, -3.0, 3.0) / _c(x, 6.0),
-    hard_sigmoid_keras2: lambda x, y, dy: dy * _c(x, 0.2) * _inside(x, -2.5, 2.5),
+    hard_sigmoid_keras3: _hard_sigmoid_keras3_backward,
+    # clip_by_value(0.2 x + 0.5, 0, 1)
+    hard_sigmoid_keras2: lambda x, y, dy: (
+        dy * _c(x, 0.2) * _within(_c(x, 0.2) * x + _c(x, 0.5), 0.0, 1.0)
+    ),
     hard_silu: _hard_silu_backward,
     tanh: lambda x, y, dy: dy * (_c(x, 1.0) - y * y),
     softmax: _softmax_backward,
@@ -368,10 +395,11 @@ DERIVATIVES = {
     softplus: lambda x, y, dy: dy * sigmoid(x),
     softsign: lambda x, y, dy: dy / (_c(x, 1.0) + np.abs(x)) ** 2,
     elu: lambda x, y, dy: np.where(x > 0, dy, dy * (y + _c(x, 1.0))),
+    # TF's SeluGrad takes the negative branch only where the output is < 0.
     selu: lambda x, y, dy: (
         dy
         * _c(x, SELU_SCALE)
-        * np.where(x > 0, _c(x, 1.0), _c(x, SELU_ALPHA) * np.exp(np.minimum(x, _c(x, 0.0))))
+        * np.where(x < 0, _c(x, SELU_ALPHA) * np.exp(np.minimum(x, _c(x, 0.0))), _c(x, 1.0))
     ),
     gelu: _gelu_backward,
     swish: lambda x, y, dy: dy * (sigmoid(x) * (_c(x, 1.0) + x * (_c(x, 1.0) - sigmoid(x)))),
@@ -379,8 +407,8 @@ DERIVATIVES = {
     exponential: lambda x, y, dy: dy * y,
     leaky_relu: lambda x, y, dy: np.where(x > 0, dy, dy * _c(x, 0.2)),
     log_sigmoid: lambda x, y, dy: dy * sigmoid(-x),
-    hard_tanh: lambda x, y, dy: dy * _inside(x, -1.0, 1.0),
-    celu: lambda x, y, dy: np.where(x > 0, dy, dy * np.exp(np.minimum(x, _c(x, 0.0)))),
+    hard_tanh: lambda x, y, dy: dy * _within(x, -1.0, 1.0),
+    celu: _celu_backward,
     tanh_shrink: lambda x, y, dy: dy * np.tanh(x) ** 2,
     squareplus: lambda x, y, dy: dy * (_c(x, 1.0) + x / np.sqrt(x * x + _c(x, 4.0))) / _c(x, 2.0),
     soft_shrink: lambda x, y, dy: dy * (np.abs(x) > _c(x, 0.5)),

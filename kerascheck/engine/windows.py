@@ -67,3 +67,12 @@ def to_channels_last(x: np.ndarray, data_format: str) -> np.ndarray:
 
 def from_channels_last(x: np.ndarray, data_format: str) -> np.ndarray:
     return np.moveaxis(x, -1, 1) if data_format == "channels_first" else x
+
+
+def tap_windows(x: np.ndarray, kernel, strides, dilation) -> np.ndarray:
+    """Like `windows` but `(batch, *out_spatial, *kernel, channels)`: channels innermost.
+
+    Copying this view (im2col) moves runs of contiguous channels instead of
+    single elements, which is about ten times faster for typical conv sizes.
+    """
+    return np.moveaxis(windows(x, kernel, strides, dilation), len(kernel) + 1, -1)

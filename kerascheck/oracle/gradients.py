@@ -13,9 +13,9 @@ back by their position in `layer.weights` (the file's order).
 Dropout and noise layers: Keras 3 draws from a seed generator, whose state is
 saved and restored around two extra calls on ones and zeros, so the exact
 `(scale, shift)` Keras applied is known. tf_keras draws from stateful
-generators that cannot be replayed: the scale is read as output / input (and
-0 where the input is exactly 0, where no gradient can tell the difference
-through a ReLU in front).
+generators that cannot be replayed: the scale is read as output / input, and
+where the input is exactly 0 (after a ReLU) as Keras' own dL/d input over
+dL/d output; where both are 0 nothing depends on it.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
         return value[ref.tensor] if isinstance(value, (list, tuple)) else value
 
     seen_inputs, noise = {}, {}
+    runner.unknown_masks = {}
     with tf.GradientTape(persistent=False) as tape:
         for value in values.values():
             if value.dtype.is_floating:
@@ -191,7 +192,26 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
     for (name, index), g in zip(owners, var_grads):
         result.weights.setdefault(name, {})[index] = _maybe(g)
     result._raw = (var_grads, variables)
+    _refine_read_back_masks(result, runner.unknown_masks, spec)
     return result
+
+
+def _refine_read_back_masks(result: KerasGradients, unknown_masks: dict, spec) -> None:
+    """Where a read-back (tf_keras) multiplicative mask was unknown (input exactly 0),
+    Keras' own backward tells it: dL/d input = mask * dL/d output."""
+    layer_of = {c.name: c.layer for c in spec.calls}
+    for name, (scale, shift) in list(result.noise.items()):
+        unknown = unknown_masks.pop(layer_of[name], None)
+        if unknown is None:
+            continue
+        d_out = result.d_outputs.get(name)
+        d_in = (result.d_inputs.get(name) or [None])[0]
+        if d_out is None or d_in is None or isinstance(d_out, list):
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            from_grads = np.where(d_out != 0, d_in / np.where(d_out != 0, d_out, 1), 0.0)
+        refined = np.where(unknown, from_grads, scale).astype(scale.dtype)
+        result.noise[name] = (refined, shift)
 
 
 def _deserialize_optimizer(module, config):
@@ -255,6 +275,7 @@ def _noisy_call(runner, layer, argument, args, kwargs):
         )
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(x != 0, y / np.where(x != 0, x, 1), 0.0).astype(x.dtype)
+    runner.unknown_masks[layer.name] = x == 0
     return output, (scale, 0.0)
 
 

@@ -1,4 +1,9 @@
-"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, Softmax, and Keras 3's `Gelu` op node."""
+"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, Softmax, and Keras 3's `Gelu` op node.
+
+Backward passes follow TensorFlow's choices at the kinks, which the layers'
+Keras code decides by the ops it composes (both versions compose the same
+ones): see `relu_slope`. ELU's derivative at 0 is `alpha` and PReLU's is 0.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,36 @@ import numpy as np
 
 from .. import activations
 from ..base import Layer
+from .core import _sum_to_shape
+
+
+def _scaled(y, slope):
+    """(output, backward) of a layer whose input gradient is `slope * d_output`."""
+    return y, lambda d_output: (d_output * slope, {})
+
+
+def relu_slope(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """d relu(x) / dx for Keras' general relu, as TensorFlow differentiates Keras' ops.
+
+    Keras (`activations.relu` in Keras 3, `backend.relu` in tf_keras) takes
+    `leaky_relu` when only a slope is set (slope at 0 itself), `relu6` for
+    `max_value=6` without threshold (0 at 0 and 6), and otherwise `where(x >
+    threshold, x, 0)` (or `relu`), then `clip_by_value(., 0, max_value)`, which
+    passes the gradient *at* the maximum too, minus `slope * relu(threshold - x)`.
+    """
+    one, zero = np.ones((), x.dtype), np.zeros((), x.dtype)
+    if negative_slope != 0 and max_value is None and threshold == 0:
+        return np.where(x > 0, one, np.asarray(negative_slope, x.dtype))
+    if max_value is not None and float(max_value) == 6 and threshold == 0:
+        passes = (x > 0) & (x < 6)
+    else:
+        passes = x > np.asarray(threshold, x.dtype)
+        if max_value is not None:
+            passes &= x <= np.asarray(max_value, x.dtype)
+    slope = np.where(passes, one, zero)
+    if negative_slope != 0:
+        slope = slope + np.asarray(negative_slope, x.dtype) * (x < np.asarray(threshold, x.dtype))
+    return slope
 
 
 class ReLU(Layer):
@@ -19,6 +54,10 @@ class ReLU(Layer):
     def call(self, x):
         return activations.relu(x, self.negative_slope, self.max_value, self.threshold)
 
+    def vjp(self, x, training=False, noise=None):
+        slope = relu_slope(x, self.negative_slope, self.max_value, self.threshold)
+        return _scaled(self.call(x), slope)
+
 
 class LeakyReLU(Layer):
     """Slope from `negative_slope` (Keras 3) or `alpha` (Keras 2); layer default 0.3."""
@@ -31,6 +70,9 @@ class LeakyReLU(Layer):
 
     def call(self, x):
         return activations.leaky_relu(x, self.slope)
+
+    def vjp(self, x, training=False, noise=None):
+        return _scaled(self.call(x), relu_slope(x, negative_slope=self.slope))
 
 
 class PReLU(Layer):
@@ -54,6 +96,18 @@ class PReLU(Layer):
         zero = np.asarray(0, dtype=x.dtype)
         return np.maximum(x, zero) - self.w["alpha"] * np.maximum(-x, zero)
 
+    def vjp(self, x, training=False, noise=None):
+        alpha = self.w["alpha"]
+        negative_part = np.maximum(-x, np.zeros((), x.dtype))
+        # relu(x) - alpha * relu(-x): both relus pass nothing at 0.
+        slope = (x > 0).astype(x.dtype) + alpha * (x < 0)
+
+        def backward(d_output):
+            d_alpha = _sum_to_shape(-d_output * negative_part, alpha.shape)
+            return d_output * slope, {"alpha": d_alpha}
+
+        return self.call(x), backward
+
 
 class ELU(Layer):
     supports_masking = True
@@ -63,6 +117,13 @@ class ELU(Layer):
 
     def call(self, x):
         return activations.elu(x, self.alpha)
+
+    def vjp(self, x, training=False, noise=None):
+        # Keras: `elu(x)` for alpha 1, else `where(x > 0, elu(x), alpha * elu(x))`; TF's
+        # elu gradient is 1 at 0, so the slope at 0 is alpha.
+        alpha = np.asarray(self.alpha, x.dtype)
+        slope = np.where(x > 0, np.ones((), x.dtype), alpha * np.exp(np.minimum(x, 0)))
+        return _scaled(self.call(x), slope)
 
 
 class Softmax(Layer):
@@ -83,6 +144,25 @@ class Softmax(Layer):
     def call(self, x, mask=None):
         return masked_softmax(x, mask, self.axis, self.context.keras_major, self.robust_masking)
 
+    def vjp(self, x, training=False, noise=None, mask=None):
+        keras_major = self.context.keras_major
+        y, backward_x = masked_softmax_vjp(x, mask, self.axis, keras_major, self.robust_masking)
+
+        def backward(d_output):
+            return backward_x(d_output), {}
+
+        joint = isinstance(self.axis, tuple) and len(self.axis) > 1
+        if not joint and not (mask is not None and keras_major >= 3):
+            # Keras marks this output with the softmax's input (`_keras_logits`) for any
+            # single axis, and `fit`'s cross-entropy then takes those logits over the
+            # *last* axis, whatever the layer's axis. A joint softmax is computed as
+            # `exp(x - logsumexp)` and Keras 3 zeroes masked outputs after the softmax:
+            # both lose the mark.
+            backward.pre_activation = lambda d_logits: (backward_x.from_logits(d_logits), {})
+            backward.activation = activations.softmax
+            backward.logits = backward_x.logits
+        return y, backward
+
 
 def masked_softmax(x, mask, axis, keras_major: int, robust_masking: bool = False):
     """Keras' Softmax layer with a mask (1/True keeps), broadcast against `x`.
@@ -94,22 +174,50 @@ def masked_softmax(x, mask, axis, keras_major: int, robust_masking: bool = False
     masked slice stays a softmax of the shifted inputs; with `robust_masking`
     it replaces instead of adding (tf_keras/src/layers/activation/softmax.py).
     """
+    return masked_softmax_vjp(x, mask, axis, keras_major, robust_masking)[0]
+
+
+def masked_softmax_vjp(x, mask, axis, keras_major: int, robust_masking: bool = False):
+    """`masked_softmax` and its backward `d_output -> d_x`, which also carries the
+    softmax's input (`logits`) and the step from its gradient to d_x (`from_logits`).
+
+    Inputs Keras *replaces* get no gradient; where tf_keras *adds* the large
+    negative, every input keeps its softmax gradient (nearly zero when masked,
+    except in a fully masked slice, which stays a plain softmax). Keras 3's
+    zeroing of masked outputs stops their upstream gradient.
+    """
+    keep = None
     if mask is None:
-        return activations.softmax(x, axis=axis)
-    mask = np.asarray(mask)
-    if keras_major >= 3:
-        negative = np.asarray(-3e4 if x.dtype == np.float16 else -1e9, dtype=x.dtype)
-        keep = mask if mask.dtype == bool else mask > 0.5
-        out = activations.softmax(np.where(keep, x, negative), axis=axis)
-        return np.where(keep, out, np.zeros((), out.dtype))
-    negative = np.asarray(
-        np.finfo(np.float16).min / 2 if x.dtype == np.float16 else -1e9, dtype=x.dtype
-    )
-    if robust_masking:
-        keep = mask if mask.dtype == bool else mask > 0.5
-        return activations.softmax(np.where(keep, x, negative), axis=axis)
-    adder = (np.asarray(1, dtype=x.dtype) - mask.astype(x.dtype)) * negative
-    return activations.softmax(x + adder, axis=axis)
+        z = x
+    else:
+        mask = np.asarray(mask)
+        negative = np.asarray(_large_negative(x.dtype, keras_major), dtype=x.dtype)
+        if keras_major >= 3 or robust_masking:
+            keep = mask if mask.dtype == bool else mask > 0.5
+            z = np.where(keep, x, negative)
+        else:
+            z = x + (np.asarray(1, dtype=x.dtype) - mask.astype(x.dtype)) * negative
+    s = activations.softmax(z, axis=axis)
+    zero = np.zeros((), s.dtype)
+    zeroed = keep is not None and keras_major >= 3
+
+    def from_logits(d_z):
+        """d_x from the gradient with respect to the softmax's input `z`."""
+        return d_z if keep is None else np.where(keep, d_z, zero)
+
+    def backward(d_output):
+        d_s = np.where(keep, d_output, zero) if zeroed else d_output
+        return from_logits(activations._softmax_backward(z, s, d_s, axis=axis))
+
+    backward.logits, backward.from_logits = z, from_logits
+    return (np.where(keep, s, zero) if zeroed else s), backward
+
+
+def _large_negative(dtype, keras_major):
+    """What masked logits become: -1e9, or in float16 -3e4 (Keras 3) or half its minimum."""
+    if dtype != np.float16:
+        return -1e9
+    return -3e4 if keras_major >= 3 else np.finfo(np.float16).min / 2
 
 
 class Gelu(Layer):
@@ -124,6 +232,10 @@ class Gelu(Layer):
 
     def call(self, x):
         return activations.gelu(x, approximate=self.approximate)
+
+    def vjp(self, x, training=False, noise=None):
+        y = self.call(x)
+        return y, lambda d: (activations._gelu_backward(x, y, d, self.approximate), {})
 
 
 LAYERS = (ReLU, LeakyReLU, PReLU, ELU, Softmax, Gelu)

@@ -8,6 +8,25 @@ TensorFlow (whose kernels both Keras 2 and Keras 3 call):
 - average pooling with `same` divides each window by the number of real
   (non-padded) cells it covers, not by the pool size, so border outputs are
   the mean of fewer values.
+
+The backward sends each output's gradient to cells of its window, in a zero
+gradient of the padded input that is cropped at the end, so overlapping
+windows add up and padded cells drop out. Which cells, on ties, follows
+TensorFlow's tape (measured, eager, TF 2.21 CPU):
+
+- MaxPooling1D/2D (`MaxPoolGrad`): the whole gradient to the *first* maximum
+  of the window in row-major order: one cell per output, added with one
+  `np.bincount` over flat indices;
+- MaxPooling3D (`MaxPool3DGrad`): the whole gradient to *every* maximum (a
+  window of four equal cells sends four times its gradient). Inside a
+  `tf.function` on oneDNN builds the 3D op is rewritten and takes the first
+  maximum instead; kerascheck follows the eager tape its oracle records;
+- average pooling: gradient / count to every real cell of the window;
+- GlobalMaxPooling (`reduce_max`'s gradient): split *equally* among the maxima.
+
+Where every cell of a window gets a share, one strided add per window cell
+(`add_to_cells`) is cheaper than a bincount, whose index array would be
+pool_size times the output.
 """
 
 from __future__ import annotations
@@ -47,14 +66,65 @@ class _Pooling(Layer):
         x = windows.to_channels_last(x, self.data_format)
         return windows.from_channels_last(self.pool(x), self.data_format)
 
+    def vjp(self, x, training=False, noise=None):
+        check_rank(self, x, self.rank)
+        y, backward = self.pool_vjp(windows.to_channels_last(x, self.data_format))
+
+        def backward_in_format(d_output):
+            dy = windows.to_channels_last(d_output, self.data_format)
+            return windows.from_channels_last(backward(dy), self.data_format), {}
+
+        return windows.from_channels_last(y, self.data_format), backward_in_format
+
+    def pads(self, spatial):
+        """(before, after) padding of each spatial axis, TensorFlow's `same` rule."""
+        return [
+            windows.padding_amounts(n, k, s, 1, self.padding)
+            for n, k, s in zip(spatial, self.pool_size, self.strides, strict=True)
+        ]
+
     def window_view(self, x, fill):
         """Windows `(batch, *out_spatial, channels, *pool_size)` of `x` padded with `fill`."""
-        pads = [
-            windows.padding_amounts(n, k, s, 1, self.padding)
-            for n, k, s in zip(x.shape[1:-1], self.pool_size, self.strides, strict=True)
-        ]
-        padded = windows.pad_spatial(x, pads, fill)
+        padded = windows.pad_spatial(x, self.pads(x.shape[1:-1]), fill)
         return windows.windows(padded, self.pool_size, self.strides, (1,) * self.rank)
+
+    def padded_shape(self, shape):
+        pads = self.pads(shape[1:-1])
+        return (shape[0], *(n + b + a for n, (b, a) in zip(shape[1:-1], pads)), shape[-1])
+
+    def crop(self, shape, padded):
+        """The real cells of a padded (channels-last) gradient, in the engine's dtype."""
+        cells = tuple(slice(b, b + n) for n, (b, _) in zip(shape[1:-1], self.pads(shape[1:-1])))
+        return padded[(slice(None), *cells)].astype(self.context.dtype, copy=False)
+
+    def cell_index(self, shape):
+        """Where the windows' cells are in the padded input, as flat indices.
+
+        Returns `(starts, offsets)`: `starts[b, *o, c]` is the index of the
+        window's first cell, `offsets[t]` how far its cell `t` (row-major) is
+        from there. Both come from the forward's window view, taken over an
+        array of element numbers.
+        """
+        padded_shape = self.padded_shape(shape)
+        numbers = np.arange(int(np.prod(padded_shape))).reshape(padded_shape)
+        view = windows.windows(numbers, self.pool_size, self.strides, (1,) * self.rank)
+        starts = view[(Ellipsis, *(0,) * self.rank)]
+        offsets = view[(0,) * (self.rank + 2)].ravel()  # window 0 starts at element 0
+        return starts, offsets
+
+    def add_to_cells(self, shape, shares):
+        """dL/dx when every window cell gets a share, `(batch, *out, channels, *pool_size)`.
+
+        One vectorized add per cell position `k` of the window: across all
+        windows those cells are the strided slice `k :: stride`, distinct
+        within one add, so overlapping windows sum up over the adds.
+        """
+        grad = np.zeros(self.padded_shape(shape), dtype=shares.dtype)
+        out = shares.shape[1 : self.rank + 1]
+        for cell in np.ndindex(*self.pool_size):
+            rows = [slice(k, k + s * (n - 1) + 1, s) for k, s, n in zip(cell, self.strides, out)]
+            grad[(slice(None), *rows)] += shares[(Ellipsis, *cell)]
+        return self.crop(shape, grad)
 
     @property
     def window_axes(self):
@@ -63,16 +133,66 @@ class _Pooling(Layer):
     def pool(self, x):
         raise NotImplementedError
 
+    def pool_vjp(self, x):
+        """(pooled channels-last `x`, backward from a channels-last output gradient)."""
+        raise NotImplementedError
+
 
 class _MaxPooling(_Pooling):
     def pool(self, x):
         return np.max(self.window_view(x, -np.inf), axis=self.window_axes)
+
+    def winners(self, x):
+        """The pooled `x` and, for every window cell, whether it holds the window's maximum."""
+        view = self.window_view(x, -np.inf)
+        y = np.max(view, axis=self.window_axes)
+        return y, view == np.expand_dims(y, self.window_axes)
+
+    def pool_vjp(self, x):
+        # TensorFlow's MaxPoolGrad: the whole gradient goes to the first maximum
+        # of each window in row-major order.
+        y, winners = self.winners(x)
+        first, shape = self.first_cell(winners), x.shape
+
+        def backward(dy):
+            # One bincount adds what overlapping windows send to a shared cell.
+            starts, offsets = self.cell_index(shape)
+            padded_shape = self.padded_shape(shape)
+            flat = np.bincount(
+                (starts + offsets[first]).ravel(), dy.ravel(), minlength=int(np.prod(padded_shape))
+            )
+            return self.crop(shape, flat.reshape(padded_shape))
+
+        return y, backward
+
+    def first_cell(self, flags):
+        """Row-major index of each window's first True cell (`argmax` of the flat window).
+
+        Computed as `size - max(flags * (size, ..., 2, 1))` on the window view
+        itself: NumPy reduces the small window axes of a strided view several
+        times faster than it copies them into one axis for `argmax`. A window
+        with no maximum (NaN) maps to cell 0 rather than out of range.
+        """
+        size = int(np.prod(self.pool_size))
+        countdown = np.arange(size, 0, -1, dtype=np.min_scalar_type(size)).reshape(self.pool_size)
+        return (size - np.max(flags * countdown, axis=self.window_axes)) % size
 
 
 class _AveragePooling(_Pooling):
     def pool(self, x):
         sums = np.sum(self.window_view(x, 0.0), axis=self.window_axes)
         return sums / self.valid_counts(x.shape[1:-1], x.dtype)
+
+    def pool_vjp(self, x):
+        counts, shape = self.valid_counts(x.shape[1:-1], x.dtype), x.shape
+
+        def backward(dy):
+            # Every cell of a window gets the output's gradient over the count the
+            # forward divided by; the padded cells' shares are cropped away.
+            share = np.expand_dims(dy / counts, self.window_axes)
+            return self.add_to_cells(shape, np.broadcast_to(share, (*dy.shape, *self.pool_size)))
+
+        return self.pool(x), backward
 
     def valid_counts(self, spatial, dtype):
         """Real cells per window, `(1, *out_spatial, 1)`: the same windows over a ones array.
@@ -100,14 +220,37 @@ class _GlobalPooling(Layer):
         check_rank(self, x, self.rank)
         return self.reduce(x, axis=self.axes, keepdims=self.keepdims)
 
+    def vjp(self, x, training=False, noise=None):
+        y = self.call(x)
+        kept = y if self.keepdims else np.expand_dims(y, self.axes)
+
+        def backward(d_output):
+            dy = d_output if self.keepdims else np.expand_dims(d_output, self.axes)
+            return self.spread(x, kept, dy).astype(x.dtype), {}
+
+        return y, backward
+
+    def spread(self, x, y, dy):
+        """dL/dx from the output and its gradient, both with the pooled axes kept."""
+        raise NotImplementedError
+
 
 class _GlobalMaxPooling(_GlobalPooling):
     reduce = staticmethod(np.max)
+
+    def spread(self, x, y, dy):
+        # reduce_max's gradient splits equally among tied maxima (unlike MaxPooling).
+        winners = x == y
+        return winners * (dy / np.sum(winners, axis=self.axes, keepdims=True, dtype=x.dtype))
 
 
 class _GlobalAveragePooling(_GlobalPooling):
     # GlobalAveragePooling1D below also takes a mask (a masked mean over steps).
     reduce = staticmethod(np.mean)
+
+    def spread(self, x, y, dy):
+        count = np.prod([x.shape[a] for a in self.axes])
+        return np.broadcast_to(dy / np.asarray(count, x.dtype), x.shape)
 
 
 def check_rank(layer: Layer, x: np.ndarray, rank: int) -> None:
@@ -128,7 +271,18 @@ class MaxPooling2D(_MaxPooling):
 
 
 class MaxPooling3D(_MaxPooling):
+    """On ties TensorFlow's eager `MaxPool3DGrad` gives every maximum the whole gradient."""
+
     rank = 3
+
+    def pool_vjp(self, x):
+        y, winners = self.winners(x)
+        shape = x.shape
+
+        def backward(dy):
+            return self.add_to_cells(shape, winners * np.expand_dims(dy, self.window_axes))
+
+        return y, backward
 
 
 class AveragePooling1D(_AveragePooling):
@@ -168,7 +322,7 @@ class GlobalAveragePooling1D(_GlobalAveragePooling):
         if mask is None:
             return super().call(x)
         check_rank(self, x, self.rank)
-        keep = np.expand_dims(np.asarray(mask, dtype=bool), 2 if self.axes == (1,) else 1)
+        keep = self.keep(mask)
         if self.context.keras_major >= 3:
             x = np.where(keep, x, np.zeros((), dtype=x.dtype))
         else:
@@ -176,6 +330,30 @@ class GlobalAveragePooling1D(_GlobalAveragePooling):
         counts = np.sum(keep.astype(x.dtype), axis=self.axes, keepdims=self.keepdims)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.sum(x, axis=self.axes, keepdims=self.keepdims) / counts
+
+    def vjp(self, x, training=False, noise=None, mask=None):
+        if mask is None:
+            return super().vjp(x)
+        keep = self.keep(mask)
+        counts = np.sum(keep.astype(x.dtype), axis=self.axes, keepdims=True)
+
+        def backward(d_output):
+            dy = d_output if self.keepdims else np.expand_dims(d_output, self.axes)
+            # The same select/multiply as the forward: they differ for a fully
+            # masked example, whose share is inf (0 from `where`, nan from `* 0`).
+            with np.errstate(invalid="ignore", divide="ignore"):
+                share = dy / counts
+                if self.context.keras_major >= 3:
+                    dx = np.where(keep, share, np.zeros((), dtype=x.dtype))
+                else:
+                    dx = share * keep.astype(x.dtype)
+            return dx.astype(x.dtype), {}
+
+        return self.call(x, mask), backward
+
+    def keep(self, mask):
+        """The (batch, steps) mask as booleans broadcastable against the input."""
+        return np.expand_dims(np.asarray(mask, dtype=bool), 2 if self.axes == (1,) else 1)
 
 
 class GlobalAveragePooling2D(_GlobalAveragePooling):

@@ -5,6 +5,10 @@ channels-first channel axis), so the spatial axes are always 1..rank.
 Resampling follows `tf.image.resize` with `antialias=False`, which both Keras 3
 (`keras/src/backend/tensorflow/image.py::resize`) and tf_keras
 (`tf_keras/src/backend.py::resize_images`) call for UpSampling2D.
+
+Backward: padding, cropping and whole-factor nearest (or area) upsampling only
+copy elements, so they share `CopiesElements`; the other interpolations are
+linear maps, whose backward is their transpose (`apply_taps_transpose`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import numpy as np
 
 from ..base import Layer, as_tuple, data_format
+from ..gather import CopiesElements
 from ..windows import from_channels_last, pad_spatial, to_channels_last
 
 
@@ -54,7 +59,7 @@ class SpatialLayer(Layer):
         raise NotImplementedError
 
 
-class ZeroPadding(SpatialLayer):
+class ZeroPadding(CopiesElements, SpatialLayer):
     def configure(self, config):
         self.pads = side_pairs(config.get("padding", 1), self.rank)
 
@@ -76,7 +81,7 @@ class ZeroPadding3D(ZeroPadding):
     rank = 3
 
 
-class Cropping(SpatialLayer):
+class Cropping(CopiesElements, SpatialLayer):
     def configure(self, config):
         self.crops = side_pairs(config.get("cropping", 1), self.rank)
 
@@ -102,7 +107,7 @@ class Cropping3D(Cropping):
     rank = 3
 
 
-class UpSampling(SpatialLayer):
+class UpSampling(CopiesElements, SpatialLayer):
     """Nearest-neighbour upsampling by whole factors is a repeat along each axis."""
 
     def configure(self, config):
@@ -147,6 +152,22 @@ class UpSampling2D(UpSampling):
             x = resample_axis(x, axis, factor, self.interpolation)
         return x
 
+    def vjp(self, x, training=False, noise=None):
+        if self.interpolation in ("nearest", "area"):
+            return super().vjp(x)
+        sizes = to_channels_last(x, self.data_format).shape[1:3]
+
+        def backward(d_output):
+            d = to_channels_last(d_output, self.data_format)
+            # Each axis is its own linear map (separable kernels): transpose each in turn.
+            for axis in (1, 2):
+                size, factor = sizes[axis - 1], self.size[axis - 1]
+                taps = resampling_taps(size, factor, self.interpolation)
+                d = apply_taps_transpose(d, axis, *taps, size)
+            return from_channels_last(d, self.data_format), {}
+
+        return self.call(x), backward
+
 
 def resample_axis(x: np.ndarray, axis: int, factor: int, method: str) -> np.ndarray:
     """Upsample one axis by `factor`: gather every output's taps at once, weight, sum."""
@@ -159,6 +180,18 @@ def apply_taps(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) 
     trailing = (1,) * (x.ndim - axis - 1)
     weight = np.asarray(weight, dtype=x.dtype).reshape(weight.shape + trailing)
     return np.sum(gathered * weight, axis=axis + 1)
+
+
+def apply_taps_transpose(d_output, axis, index, weight, size):
+    """The backward of `apply_taps`: each output's gradient goes back to its taps, weighted.
+
+    The taps form an (out, size) matrix; taps clamped onto the same edge pixel
+    add up in it. Its transpose maps `d_output` back along `axis`.
+    """
+    matrix = np.zeros((index.shape[0], size))
+    np.add.at(matrix, (np.arange(index.shape[0])[:, None], index), weight)
+    d_input = np.tensordot(d_output, matrix.astype(d_output.dtype), axes=([axis], [0]))
+    return np.moveaxis(d_input, -1, axis)
 
 
 def resampling_taps(size: int, factor: int, method: str, out_size: int | None = None):

@@ -1,0 +1,134 @@
+"""`kerascheck train-step`: N steps of forward, backward and optimizer against Keras.
+
+seeds/002 compares the weights after one `fit` step with SGD at learning rate 100;
+both sides must reproduce the numbers Keras printed in the seed. A model saved
+after `fit` (optimizer state in the file) must continue exactly as Keras would.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import FLAVORS, keras_module, make_input, randomize_weights
+
+import kerascheck
+from kerascheck.cli import main
+from kerascheck.train_step import train_step_model
+
+
+def seed002(flavor, tmp_path, example):
+    """seeds/002's examples 2 and 3, built exactly as the seed builds them."""
+    k = keras_module(flavor)
+    np.random.seed(0)
+    size = 7 if example == 2 else 8
+    x = np.random.rand(1, size, size, 1).astype("float32")
+    y = np.random.rand(1).astype("float32")
+    if example == 2:
+        weights = [np.random.rand(3, 3, 1, 2), np.random.rand(2), np.random.rand(3, 3, 2, 1)]
+        weights += [np.random.rand(1), np.random.rand(9, 1), np.random.rand(1)]
+        layers = [
+            k.layers.Conv2D(2, 3, activation="sigmoid"),
+            k.layers.Conv2D(1, 3, activation="sigmoid"),
+            k.layers.Flatten(),
+            k.layers.Dense(1, activation="sigmoid"),
+        ]
+    else:
+        weights = [np.random.rand(3, 3, 1, 2), np.random.rand(2)]
+        weights += [np.random.rand(18, 1), np.random.rand(1)]
+        layers = [
+            k.layers.Conv2D(2, 3, activation="sigmoid"),
+            k.layers.MaxPooling2D(2),
+            k.layers.Flatten(),
+            k.layers.Dense(1, activation="sigmoid"),
+        ]
+    model = k.Sequential([k.Input((size, size, 1)), *layers])
+    model.set_weights([w.astype("float32") for w in weights])
+    model.compile(loss="MSE", optimizer=k.optimizers.SGD(learning_rate=100.0))
+    ext = ".keras" if flavor == "keras" else ".h5"
+    path = os.path.join(str(tmp_path), f"seed002_ex{example}{ext}")
+    model.save(path)
+    return path, x, y
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize(
+    "example, bias", [(2, [0.83742, 0.09441]), (3, [0.68129, 0.56232])], ids=["ex2", "ex3"]
+)
+def test_seed002_step_reproduces_the_printed_keras_weights(tmp_path, flavor, example, bias):
+    path, x, y = seed002(flavor, tmp_path, example)
+    model = kerascheck.load(path)
+    result = train_step_model(path, model, [x], [y.reshape(1, 1)], save=True)
+    assert result.status == "match", result.first_divergence
+    first_conv = model.spec.calls[0].layer
+    for side in ("keras", "numpy"):
+        after = result.saved[f"{side}/new/{first_conv}/bias"]
+        np.testing.assert_allclose(after, bias, atol=6e-6, err_msg=side)
+
+
+def fitted(flavor, tmp_path, optimizer):
+    """A model with BatchNormalization, trained two epochs and saved with its optimizer."""
+    k = keras_module(flavor)
+    inputs = k.Input((6,))
+    h = k.layers.Dense(5, activation="tanh")(inputs)
+    h = k.layers.BatchNormalization()(h)
+    out = k.layers.Dense(3)(h)
+    model = k.Model(inputs, out)
+    randomize_weights(model)
+    model.compile(optimizer=optimizer(k), loss="mse")
+    x, y = make_input((8, 6), seed=1), make_input((8, 3), seed=2)
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0, shuffle=False)
+    ext = ".keras" if flavor == "keras" else ".h5"
+    path = os.path.join(str(tmp_path), f"fitted_{flavor}{ext}")
+    model.save(path)
+    return path, x, y
+
+
+OPTIMIZERS = {
+    "adam": lambda k: k.optimizers.Adam(0.01),
+    "sgd-nesterov": lambda k: k.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "rmsprop": lambda k: k.optimizers.RMSprop(0.01, momentum=0.5),
+}
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_fitted_model_continues_from_its_saved_optimizer_state(tmp_path, flavor, name):
+    path, x, y = fitted(flavor, tmp_path, OPTIMIZERS[name])
+    model = kerascheck.load(path)
+    assert model.spec.training["state"], "the file holds the optimizer state"
+    result = train_step_model(path, model, [x], [y], steps=3, batch_size=4)
+    assert result.state_from == "the file"
+    assert result.status == "match", result.first_divergence
+    keras_losses, engine_losses = result.losses["keras"], result.losses["engine"]
+    np.testing.assert_allclose(engine_losses, keras_losses, rtol=1e-4)
+    moving = [t for r in result.rows for t in r.tensors if t.tensor == "moving_mean"]
+    assert moving and all(t.status == "match" for t in moving)
+
+
+def test_fresh_optimizer_and_flags_override_the_file(tmp_path):
+    path, x, y = fitted("keras", tmp_path, OPTIMIZERS["adam"])
+    model = kerascheck.load(path)
+    result = train_step_model(
+        path, model, [x], [y], optimizer_name="SGD", overrides={"learning_rate": 0.1}
+    )
+    assert result.optimizer == "SGD" and result.optimizer_from == "--optimizer"
+    assert result.state_from.startswith("zero") and result.status == "match"
+
+
+def test_cli_train_step_exit_codes(tmp_path):
+    path, x, y = fitted("keras", tmp_path, OPTIMIZERS["adam"])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    args = ["train-step", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    out = CliRunner().invoke(main, [*args, "--steps", "2", "--json", str(tmp_path / "r.json")])
+    assert out.exit_code == 0, out.output
+    assert "state from the file" in out.output
+    k = keras_module("keras")
+    plain = k.Sequential([k.Input((6,)), k.layers.Dense(3)])
+    plain.save(tmp_path / "plain.keras")
+    args[1] = str(tmp_path / "plain.keras")
+    out = CliRunner().invoke(main, [*args, "--loss", "mse"])
+    assert out.exit_code == 2 and "--optimizer" in out.output
