@@ -106,10 +106,12 @@ def backward(
         if d_out is None and call.name not in pre_activation:
             continue
         result.d_outputs[call.name] = d_out
-        d_inputs, d_weights = _apply(graph, tape, call, d_out, pre_activation.get(call.name))
+        d_inputs, d_weights, routed = _apply(
+            graph, tape, call, d_out, pre_activation.get(call.name)
+        )
         result.d_inputs[call.name] = d_inputs
         _add_weights(result.weights, graph, call, d_weights)
-        for ref, grad in zip(call.inputs, d_inputs):
+        for ref, grad in [*zip(call.inputs, d_inputs), *routed]:
             if grad is not None:
                 _add(pending, ref, grad)
     result.model_inputs = [pending.get((i.name, 0, 0)) for i in graph.spec.inputs]
@@ -125,13 +127,21 @@ def own_backward(graph: Graph, tape: Tape, keras_d_outputs: dict, pre_activation
         if _empty(d_out) and call.name not in pre_activation:
             continue
         d_out = _zeros_for_missing(d_out, tape.per_call[call.name])
-        d_inputs, d_weights = _apply(graph, tape, call, d_out, pre_activation.get(call.name))
+        d_inputs, d_weights, _ = _apply(graph, tape, call, d_out, pre_activation.get(call.name))
         result.d_inputs[call.name] = d_inputs
         _add_weights(result.weights, graph, call, d_weights)
     return result
 
 
 def _apply(graph, tape, call, d_out, d_pre):
+    """(dL/d each first-argument input, weight gradients, [(ref, grad)] for tensors
+    passed in further arguments).
+
+    A layer whose call reads tensors beyond its first argument (attention's
+    `value`, an RNN's `initial_state`) returns a third item from its backward:
+    `{"args": [grad or None per positional argument], "kwargs": {name: grad}}`,
+    with a list for an argument that holds a list of tensors.
+    """
     back = tape.backwards[call.name]
     if d_pre is not None:
         step = getattr(back, "pre_activation", None)
@@ -140,17 +150,47 @@ def _apply(graph, tape, call, d_out, d_pre):
                 f"layer '{call.layer}': the loss was taken from logits, but the layer has "
                 "no pre-activation backward"
             )
-        d_inputs, d_weights = step(d_pre)
+        result = step(d_pre)
     else:
-        d_inputs, d_weights = back(d_out)
-    if call.first is not None or call.args or any(_is_ref(v) for v in call.kwargs.values()):
+        result = back(d_out)
+    d_inputs, d_weights = result[0], result[1]
+    extra = result[2] if len(result) > 2 else None
+    if call.first is not None:
         raise KerascheckError(
             f"layer '{call.layer}' ({graph.layers[call.layer].class_name}) is called with "
-            "tensors beyond its first argument; kerascheck's backward does not cover such "
+            "constants in its first argument; kerascheck's backward does not cover such "
             "calls yet"
         )
+    routed = _route_extra(graph, tape, call, extra)
     d_inputs = list(d_inputs) if call.as_list else [d_inputs]
-    return d_inputs, ({} if frozen(graph.layers[call.layer]) else d_weights)
+    return d_inputs, ({} if frozen(graph.layers[call.layer]) else d_weights), routed
+
+
+def _route_extra(graph, tape, call, extra):
+    """Pair the gradients of further tensor arguments with their refs; a floating-point
+    tensor argument the layer gives no gradient for is refused, never dropped."""
+    pairs = []
+    given_args = (extra or {}).get("args", [])
+    given_kwargs = (extra or {}).get("kwargs", {})
+    sources = [
+        (value, given_args[i] if i < len(given_args) else None) for i, value in enumerate(call.args)
+    ]
+    sources += [(value, given_kwargs.get(name)) for name, value in call.kwargs.items()]
+    for value, grad in sources:
+        refs = value if isinstance(value, (list, tuple)) else [value]
+        grads = grad if isinstance(grad, (list, tuple)) else [grad] * len(refs)
+        for ref, g in zip(refs, grads):
+            if not isinstance(ref, TensorRef):
+                continue
+            if g is not None:
+                pairs.append((ref, g))
+            elif np.issubdtype(np.asarray(_pick(tape.values, ref)).dtype, np.floating):
+                raise KerascheckError(
+                    f"layer '{call.layer}' ({graph.layers[call.layer].class_name}) reads the "
+                    f"tensor '{ref.layer}' in a further argument, and kerascheck's backward "
+                    "gives it no gradient yet"
+                )
+    return pairs
 
 
 def _is_ref(value):
