@@ -829,12 +829,34 @@ def audit(
     "--index",
     required=True,
     metavar="N,I,J,...",
-    help="The output element, batch index first, e.g. 0,3,1,7.",
+    help="The output element, batch index first, e.g. 0,3,1,7; with --grad, "
+    "WEIGHT:i,j,... (kernel:1,2,0,1) or i,j,... for the layer's input.",
 )
+@click.option(
+    "--grad",
+    "grad_target",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="TARGET",
+    help="Explain one gradient element instead, for this TARGET (.npy/.npz).",
+)
+@click.option("--loss", default=None, help="With --grad: the loss (default: the file's).")
 @input_options
 @friendly_errors
-def explain(model_path, input_path, layer, index, seed, batch, batch_size, input_layout):
-    """Spell out the arithmetic of one output element (Conv, Dense, Flatten).
+def explain(
+    model_path,
+    input_path,
+    layer,
+    index,
+    grad_target,
+    loss,
+    seed,
+    batch,
+    batch_size,
+    input_layout,
+):
+    """Spell out the arithmetic of one output element (Conv, Dense, Flatten), or with
+    --grad of one gradient element (Conv kernel tap or input cell, Dense, MaxPooling).
 
     Shows the input cells a convolution reads (zero padding included), each kernel
     tap's contribution, the bias and the activation, or where a Flatten output
@@ -844,13 +866,21 @@ def explain(model_path, input_path, layer, index, seed, batch, batch_size, input
 
     from .explain import explain as explain_element
 
-    try:
-        coordinates = tuple(int(part) for part in index.split(","))
-    except ValueError:
-        raise KerascheckError(f"--index expects integers like 0,3,1,7, found '{index}'")
     model = _load(model_path)
     inputs = _inputs(model, input_path, seed, batch, input_layout)
-    result = explain_element(model, inputs, layer, coordinates)
+    if grad_target:
+        from .explain_grad import explain_grad
+        from .targets import read_targets
+
+        targets = read_targets(grad_target, model.spec)
+        inputs = [np.asarray(a, np.float32) for a in inputs]
+        result = explain_grad(model, inputs, targets, layer, index, loss)
+    else:
+        try:
+            coordinates = tuple(int(part) for part in index.split(","))
+        except ValueError:
+            raise KerascheckError(f"--index expects integers like 0,3,1,7, found '{index}'")
+        result = explain_element(model, inputs, layer, coordinates)
     console = _console()
     console.print(Text(f"{result.layer}{list(result.index)} = {result.value:.7g}", style="bold"))
     for line in result.lines:
