@@ -10,6 +10,12 @@ tolerance), and times.
     .venv/bin/python bench/zoo.py                 # the whole zoo (slow: tens of minutes)
     .venv/bin/python bench/zoo.py --only ResNet50 MobileNetV3Small
     .venv/bin/python bench/zoo.py --fast          # the subset that also runs in `make test`
+    .venv/bin/python bench/zoo.py --grad          # gradients (`kerascheck grad`) instead
+
+With `--grad` each model's categorical cross-entropy gradients on a batch of 2
+(training mode: batch statistics, active dropout with Keras' own masks) are
+compared tensor by tensor: the tensors compared, status (by each tensor's own
+error), the largest own and carried relative errors, and how many drift.
 """
 
 from __future__ import annotations
@@ -113,6 +119,39 @@ def check(name: str, workdir: str, seed: int = 0, flavor: str = "keras") -> dict
     }
 
 
+def check_grad(name: str, workdir: str, seed: int = 0, flavor: str = "keras") -> dict:
+    """Build, save, and check one architecture's gradients; the figures of its line."""
+    import numpy as np
+
+    import kerascheck
+    from kerascheck.grad import grad_model
+    from kerascheck.inputs import random_inputs
+
+    path = os.path.join(workdir, f"{name}{'.h5' if flavor == 'tf_keras' else '.keras'}")
+    start = time.perf_counter()
+    build(name, path, flavor)
+    built = time.perf_counter() - start
+    model = kerascheck.load(path)
+    inputs = random_inputs(model.spec, batch=2, seed=seed)
+    targets = [np.eye(10, dtype="float32")[[seed % 10, (seed + 3) % 10]]]
+    result = grad_model(path, model, inputs, targets, loss_option="categorical_crossentropy")
+    tensors = [t for row in result.rows for t in row.tensors]
+    os.remove(path)
+    first = result.first_divergence
+    return {
+        "name": name,
+        "layers": len(tensors),
+        "status": result.status,
+        "first_divergence": f"{first['call']}/{first['tensor']}" if first else None,
+        "max_rel": max((t.carried.rel_error for t in tensors if t.carried), default=0.0),
+        "max_own_rel": max((t.own.rel_error for t in tensors if t.own), default=0.0),
+        "drift": sum(t.status == "drift" for t in tensors),
+        "build_s": built,
+        "engine_s": result.engine_seconds,
+        "keras_s": result.keras_seconds,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="architectures to run (default: all)")
@@ -120,17 +159,20 @@ def main() -> int:
     parser.add_argument(
         "--keras2", action="store_true", help="build with tf_keras and save legacy .h5 files"
     )
+    parser.add_argument("--grad", action="store_true", help="check gradients instead")
     args = parser.parse_args()
+    run = check_grad if args.grad else check
     names = args.only or (list(FAST) if args.fast else list(ZOO))
     print(
-        f"{'model':<20} {'layers':>6} {'status':<9} {'own rel':>9} {'carried':>9} {'drift':>5} "
+        f"{'model':<20} {'tensors' if args.grad else 'layers':>6} {'status':<9} "
+        f"{'own rel':>9} {'carried':>9} {'drift':>5} "
         f"{'build s':>8} {'engine s':>9} {'keras s':>8}  first divergence"
     )
     failures = 0
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
             try:
-                r = check(name, workdir, flavor="tf_keras" if args.keras2 else "keras")
+                r = run(name, workdir, flavor="tf_keras" if args.keras2 else "keras")
             except Exception as exc:  # one broken architecture must not hide the others
                 failures += 1
                 print(f"{name:<20} {'-':>6} {'error':<9} {type(exc).__name__}: {exc}"[:300])

@@ -515,6 +515,7 @@ def _loss_row(model, loss, keras, targets, sample_weight, value, penalties, tole
 def _rows(model, keras, own, carried, policy: GradPolicy) -> list[CallRow]:
     graph, spec = model.graph, model.spec
     last_call = {c.layer: c.name for c in spec.calls}
+    constant = backprop.constant_calls(graph)  # preprocessing: no backward, no d_input row
     rows = []
     for call in reversed(spec.calls):
         layer = graph.layers[call.layer]
@@ -532,7 +533,7 @@ def _rows(model, keras, own, carried, policy: GradPolicy) -> list[CallRow]:
                 )
             )
         for i, theirs in enumerate(keras.d_inputs.get(call.name, [])):
-            if theirs is None:
+            if theirs is None or call.name in constant:
                 continue
             label = "d_input" if i == 0 else f"d_input#{i}"
             row.tensors.append(

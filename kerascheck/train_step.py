@@ -94,12 +94,9 @@ class TrainStepResult:
 
 def trainable_keys(model: EngineModel) -> list[tuple[str, str]]:
     """(layer, weight) of every trainable weight, in Keras' trainable-variable order."""
-    keys = []
-    for name, layer in model.graph.layers.items():
-        if layer.config.get("trainable", True) is False:
-            continue
-        keys.extend((name, w) for w in layer.w if w not in NON_TRAINABLE)
-    return keys
+    return [
+        (name, w) for name, layer in model.graph.layers.items() for w in layer.trainable_names()
+    ]
 
 
 def flavor_of(model: EngineModel, config) -> str:

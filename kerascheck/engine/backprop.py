@@ -62,9 +62,14 @@ def forward(
     masks = {(spec.name, 0): None for spec in graph.spec.inputs}
     fed = dict(values)
     per_call, backwards = {}, {}
+    constant = constant_calls(graph)
     for call in graph.spec.calls:
         source = fed if feed is not None else values
-        output, mask, back = graph.vjp_call(call, source, masks, training, noise.get(call.name))
+        if call.name in constant:  # preprocessing in front of every weight: no backward
+            output, mask = graph.run_call(call, source, masks)
+            back = None
+        else:
+            output, mask, back = graph.vjp_call(call, source, masks, training, noise.get(call.name))
         values[(call.layer, call.index)] = output
         masks[(call.layer, call.index)] = mask
         if feed is not None:
@@ -73,6 +78,24 @@ def forward(
         backwards[call.name] = back
     outputs = [_pick(values, ref) for ref in graph.spec.outputs]
     return Tape(outputs, per_call, backwards, values)
+
+
+def constant_calls(graph: Graph) -> set[str]:
+    """Calls without a backward of their own that no trainable weight lies behind
+    (Rescaling, Normalization, Resizing in front of the network): their output is a
+    constant of the weights, so the chain stops there instead of being refused."""
+    from .base import Layer
+
+    behind: dict[tuple, bool] = {}  # does a trainable weight feed this tensor?
+    constant = set()
+    for call in graph.spec.calls:
+        layer = graph.layers[call.layer]
+        upstream = any(behind.get((ref.layer, ref.call), False) for ref in call.refs)
+        has_weights = bool(layer.trainable_names())  # layers are built when the model loads
+        behind[(call.layer, call.index)] = upstream or has_weights
+        if not upstream and not has_weights and type(layer).vjp is Layer.vjp:
+            constant.add(call.name)
+    return constant
 
 
 def backward(
@@ -133,6 +156,11 @@ def own_backward(graph: Graph, tape: Tape, keras_d_outputs: dict, pre_activation
     return result
 
 
+def _skip(call):
+    """No backward: nothing flows to the inputs (see `constant_calls`)."""
+    return [None] * len(call.inputs), {}, []
+
+
 def _apply(graph, tape, call, d_out, d_pre):
     """(dL/d each first-argument input, weight gradients, [(ref, grad)] for tensors
     passed in further arguments).
@@ -143,6 +171,8 @@ def _apply(graph, tape, call, d_out, d_pre):
     with a list for an argument that holds a list of tensors.
     """
     back = tape.backwards[call.name]
+    if back is None:
+        return _skip(call)
     if d_pre is not None:
         step = getattr(back, "pre_activation", None)
         if step is None:

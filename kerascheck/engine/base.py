@@ -82,6 +82,14 @@ class Layer:
         )
 
     uses_noise = False  # True for layers whose training-mode output draws a random mask
+    # Weights Keras never trains (statistics kept by the layer itself).
+    non_trainable = ("moving_mean", "moving_variance")
+
+    def trainable_names(self) -> list[str]:
+        """The weights an optimizer updates (none for a layer saved `trainable: false`)."""
+        if frozen(self):
+            return []
+        return [name for name in self.w if name not in self.non_trainable]
 
     # -- shared machinery --------------------------------------------------
     def build(self, input_shape) -> None:

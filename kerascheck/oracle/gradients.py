@@ -92,7 +92,7 @@ class KerasGradientRunner:
             if layer.class_name == "InputLayer":
                 continue
             keras_layer = operations.get(name) or self.model.get_layer(name)
-            out[name] = [np.asarray(v) for v in keras_layer.weights]
+            out[name] = [np.asarray(v) for v in getattr(keras_layer, "weights", [])]
         return out
 
     def optimizer_slots(self) -> dict:
@@ -165,8 +165,8 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
         if spec.layers[name].class_name == "InputLayer":
             continue
         layer = operations.get(name) or model.get_layer(name)
-        trainable = {id(v) for v in layer.trainable_weights}
-        for index, variable in enumerate(layer.weights):
+        trainable = {id(v) for v in getattr(layer, "trainable_weights", [])}
+        for index, variable in enumerate(getattr(layer, "weights", [])):
             if id(variable) in trainable:
                 variables.append(variable)
                 owners.append((name, index))

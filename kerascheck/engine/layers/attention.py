@@ -26,7 +26,7 @@ import numpy as np
 from ...loading.spec import LayerSpec
 from .. import activations
 from ..base import Layer
-from .activations import masked_softmax
+from .activations import masked_softmax, masked_softmax_vjp
 from .core import EinsumDense
 
 SCORE_MASK_OFFSET = 1e9  # Attention/AdditiveAttention (float32; 65504 for float16)
@@ -106,6 +106,66 @@ class DenseAttention(Layer):
     def scores(self, query, key):
         raise NotImplementedError
 
+    def scores_vjp(self, query, key):
+        """(scores, backward `d_scores -> (d_query, d_key, d_weights)`)."""
+        raise NotImplementedError
+
+    def vjp(
+        self,
+        inputs,
+        mask=None,
+        training=False,
+        noise=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        """The first argument's list gets [d_query, d_value(, d_key)]; subtracting the
+        offset from masked scores passes their gradient on unchanged."""
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+            raise self.error("expected a list [query, value] or [query, value, key]")
+        if training and float(self.config.get("dropout") or 0.0) > 0:
+            raise self.error(
+                "kerascheck has no backward pass for attention dropout in training "
+                "(dropout > 0) yet; `grad` cannot differentiate through it"
+            )
+        query, value = inputs[0], inputs[1]
+        with_key = len(inputs) > 2
+        key = inputs[2] if with_key else value
+        query_mask = mask[0] if mask else None
+        value_mask = mask[1] if mask else None
+        scores, scores_backward = self.scores_vjp(query, key)
+        scores_mask = merge_masks(
+            None if value_mask is None else np.expand_dims(value_mask, -2),
+            causal_mask(*scores.shape[-2:]) if self.causal or use_causal_mask else None,
+        )
+        if scores_mask is not None:
+            offset = np.asarray(_score_offset(scores.dtype), dtype=scores.dtype)
+            scores = np.where(scores_mask, scores, scores - offset)
+        weights = activations.softmax(scores, axis=-1)
+        output = np.matmul(weights, value)
+        keep = None
+        if query_mask is not None:
+            keep = np.expand_dims(query_mask, -1).astype(bool)
+            output = np.where(keep, output, np.zeros((), output.dtype))
+
+        def backward(d_output):
+            d_weights = None
+            if return_attention_scores:
+                d_output, d_weights = d_output
+            if keep is not None:
+                d_output = np.where(keep, d_output, np.zeros((), d_output.dtype))
+            d_w = np.matmul(d_output, np.swapaxes(value, -2, -1))
+            if d_weights is not None:
+                d_w = d_w + d_weights
+            d_value = np.matmul(np.swapaxes(weights, -2, -1), d_output)
+            d_scores = activations._softmax_backward(scores, weights, d_w, axis=-1)
+            d_query, d_key, d_params = scores_backward(d_scores)
+            if with_key:
+                return [d_query, d_value, d_key], d_params
+            return [d_query, d_value + d_key], d_params
+
+        return ([output, weights] if return_attention_scores else output), backward
+
 
 def _score_offset(dtype) -> float:
     return 65504.0 if np.dtype(dtype) == np.float16 else SCORE_MASK_OFFSET
@@ -135,6 +195,37 @@ class Attention(DenseAttention):
             summed = self.w["scale"] * summed
         return self.w["concat_score_weight"] * np.sum(np.tanh(summed), axis=-1)
 
+    def scores_vjp(self, query, key):
+        if self.score_mode == "dot":
+            product = np.matmul(query, np.swapaxes(key, -2, -1))
+            scale = self.w["scale"] if self.use_scale else None
+
+            def backward(d_scores):
+                d_product = d_scores if scale is None else d_scores * scale
+                d_query = np.matmul(d_product, key)
+                d_key = np.matmul(np.swapaxes(d_product, -2, -1), query)
+                grads = {"scale": np.sum(d_scores * product)} if scale is not None else {}
+                return d_query, d_key, grads
+
+            return (product if scale is None else product * scale), backward
+        summed = np.expand_dims(query, -2) + np.expand_dims(key, -3)
+        scaled = self.w["scale"] * summed if self.use_scale else summed
+        tanh = np.tanh(scaled)
+        total = np.sum(tanh, axis=-1)
+        weight = self.w["concat_score_weight"]
+
+        def backward(d_scores):
+            grads = {"concat_score_weight": np.sum(d_scores * total)}
+            d_scaled = (weight * np.expand_dims(d_scores, -1)) * (1 - tanh * tanh)
+            if self.use_scale:
+                grads["scale"] = np.sum(d_scaled * summed)
+                d_summed = self.w["scale"] * d_scaled
+            else:
+                d_summed = d_scaled
+            return np.sum(d_summed, axis=-2), np.sum(d_summed, axis=-3), grads
+
+        return weight * total, backward
+
 
 class AdditiveAttention(DenseAttention):
     """Bahdanau: `sum(scale * tanh(q + k))` over features, `scale` of shape (dim,)."""
@@ -149,6 +240,23 @@ class AdditiveAttention(DenseAttention):
         if self.use_scale:
             activated = self.w["scale"] * activated
         return np.sum(activated, axis=-1)
+
+    def scores_vjp(self, query, key):
+        tanh = np.tanh(np.expand_dims(query, -2) + np.expand_dims(key, -3))
+        scale = self.w["scale"] if self.use_scale else None
+
+        def backward(d_scores):
+            d_tanh = np.expand_dims(d_scores, -1)
+            grads = {}
+            if scale is not None:
+                rows = (d_tanh * tanh).reshape(-1, tanh.shape[-1])
+                grads["scale"] = rows.sum(axis=0)
+                d_tanh = d_tanh * scale
+            d_summed = d_tanh * (1 - tanh * tanh)
+            return np.sum(d_summed, axis=-2), np.sum(d_summed, axis=-3), grads
+
+        activated = tanh if scale is None else scale * tanh
+        return np.sum(activated, axis=-1), backward
 
 
 # --- MultiHeadAttention, GroupedQueryAttention --------------------------------
@@ -210,6 +318,139 @@ class ProjectedAttention(Layer):
             output = output * self.parts["gate"].call(query)
         output = self.parts["output"].call(output)
         return [output, weights] if return_attention_scores else output
+
+    def vjp(
+        self,
+        query,
+        value=None,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=False,
+        noise=None,
+        use_causal_mask=False,
+    ):
+        """`call` with every projection's backward kept (each part's `vjp`).
+
+        The query's gradient is the first item; value's and key's go back as the
+        third (positional `args` and `kwargs` both filled, so either spelling of
+        the call is routed). Masks are boolean and get no gradient.
+        """
+        if value is None:
+            raise self.error("expected a `value` tensor beside the query")
+        if training and self.dropout > 0:
+            raise self.error(
+                "kerascheck has no backward pass for attention dropout in training "
+                f"(dropout={self.dropout}) yet; `grad` cannot differentiate through it"
+            )
+        with_key = key is not None
+        key = value if key is None else key
+        if not self.parts:
+            self.build_parts(query.shape, value.shape, key.shape)
+        mask = self.attention_mask(
+            query, value, query_mask, value_mask, key_mask, attention_mask, use_causal_mask
+        )
+        q, back_q = self.parts["query"].vjp(query)
+        k_proj, back_k = self.parts["key"].vjp(key)
+        v_proj, back_v = self.parts["value"].vjp(value)
+        k, v = self.heads(k_proj, v_proj)
+        dot_path = self.dot_product_path(q, return_attention_scores)
+        attend = self.dot_product_vjp if dot_path else self.softmax_path_vjp
+        attended, weights, back_attention = attend(q, k, v, mask)
+        gated = attended
+        if self.use_gate:
+            gate, back_gate = self.parts["gate"].vjp(query)
+            gated = attended * gate
+        output, back_output = self.parts["output"].vjp(gated)
+
+        def backward(d_output):
+            d_weights = None
+            if return_attention_scores:
+                d_output, d_weights = d_output
+            grads = {}
+
+            def collect(part, part_grads):
+                grads.update({f"{part}/{name}": g for name, g in part_grads.items()})
+
+            d_gated, part_grads = back_output(d_output)
+            collect("output", part_grads)
+            d_query = None
+            d_attended = d_gated
+            if self.use_gate:
+                d_attended = d_gated * gate
+                d_query, part_grads = back_gate(d_gated * attended)
+                collect("gate", part_grads)
+            d_q, d_k, d_v = back_attention(d_attended, d_weights)
+            d_k, d_v = self.heads_backward(d_k, d_v)
+            d_from_q, part_grads = back_q(d_q)
+            collect("query", part_grads)
+            d_query = d_from_q if d_query is None else d_query + d_from_q
+            d_key, part_grads = back_k(d_k)
+            collect("key", part_grads)
+            d_value, part_grads = back_v(d_v)
+            collect("value", part_grads)
+            grads = {name: grads[name] for name in self.w if name in grads}
+            if not with_key:
+                d_value, d_key = d_value + d_key, None
+            extra = {"args": [d_value, d_key], "kwargs": {"value": d_value, "key": d_key}}
+            return d_query, grads, extra
+
+        return ([output, weights] if return_attention_scores else output), backward
+
+    def heads_backward(self, d_key, d_value):
+        return d_key, d_value
+
+    def dot_product_vjp(self, q, k, v, mask):
+        """`dot_product` and its backward `(d_output, None) -> (d_q, d_k, d_v)`; replaced
+        (masked) logits get no gradient."""
+        scale = np.asarray(self.inverse_sqrt, dtype=q.dtype)
+        logits = np.einsum("BTNH,BSNH->BNTS", q, k, optimize=True) * scale
+        keep = None
+        if mask is not None:
+            keep = self.expand_mask(mask, 4).astype(bool)
+            logits = np.where(keep, logits, np.asarray(DOT_PRODUCT_NEGATIVE, dtype=logits.dtype))
+        weights = activations.softmax(logits, axis=-1)
+        output = np.einsum("BNTS,BSNH->BTNH", weights, v, optimize=True)
+
+        def backward(d_output, d_weights=None):
+            d_w = np.einsum("BTNH,BSNH->BNTS", d_output, v, optimize=True)
+            d_v = np.einsum("BNTS,BTNH->BSNH", weights, d_output, optimize=True)
+            d_logits = activations._softmax_backward(logits, weights, d_w, axis=-1)
+            if keep is not None:
+                d_logits = np.where(keep, d_logits, np.zeros((), d_logits.dtype))
+            d_logits = d_logits * scale
+            d_q = np.einsum("BNTS,BSNH->BTNH", d_logits, k, optimize=True)
+            d_k = np.einsum("BNTS,BTNH->BSNH", d_logits, q, optimize=True)
+            return d_q, d_k, d_v
+
+        return output, None, backward
+
+    def softmax_path_vjp(self, q, k, v, mask):
+        """`softmax_path` and its backward `(d_output, d_weights) -> (d_q, d_k, d_v)`."""
+        scale = np.asarray(self.inverse_sqrt, dtype=q.dtype)
+        q_scaled = q * scale
+        scores = self.score(q_scaled, k)
+        if mask is not None:
+            mask = self.expand_mask(mask, scores.ndim)
+        axes = tuple(range(scores.ndim - self.attention_rank, scores.ndim))
+        weights, back_softmax = masked_softmax_vjp(
+            scores, mask, axes, self.context.keras_major, self.robust_masking
+        )
+        output = self.combine(weights, v)
+        score_specs, combine_specs = self.score_specs(), self.combine_specs()
+
+        def backward(d_output, d_weights=None):
+            d_w, d_v = _einsum_backward(combine_specs, weights, v, d_output)
+            if d_weights is not None:
+                d_w = d_w + d_weights
+            d_scores = back_softmax(d_w)
+            d_k, d_q_scaled = _einsum_backward(score_specs, k, q_scaled, d_scores)
+            return d_q_scaled * scale, d_k, d_v
+
+        return output, weights, backward
 
     # -- parts and weights ----------------------------------------------------
     def build_parts(self, query_shape, value_shape, key_shape):
@@ -317,6 +558,14 @@ class ProjectedAttention(Layer):
     def combine(self, weights, v):
         raise NotImplementedError
 
+    def score_specs(self):
+        """Letter specs (key, query, scores) of `score`."""
+        raise NotImplementedError
+
+    def combine_specs(self):
+        """Letter specs (weights, value, output) of `combine`."""
+        raise NotImplementedError
+
 
 class MultiHeadAttention(ProjectedAttention):
     """`num_heads` heads of scaled dot-product attention over `attention_axes`."""
@@ -383,6 +632,12 @@ class MultiHeadAttention(ProjectedAttention):
     def combine(self, weights, v):
         return np.einsum(self.combine_equation, weights, v, optimize=True)
 
+    def score_specs(self):
+        return _specs(self.dot_equation)
+
+    def combine_specs(self):
+        return _specs(self.combine_equation)
+
 
 class GroupedQueryAttention(ProjectedAttention):
     """Keras 3: `num_key_value_heads` key/value heads, each shared by a group of query heads."""
@@ -432,9 +687,41 @@ class GroupedQueryAttention(ProjectedAttention):
     def combine(self, weights, v):
         return np.einsum("buqk,bkuh->bquh", weights, v, optimize=True)
 
+    def heads_backward(self, d_key, d_value):
+        """`np.repeat` along the heads: each key/value head sums its group's gradients."""
+        repeats = self.num_query_heads // self.num_key_value_heads
+
+        def summed(d):
+            return d.reshape(*d.shape[:2], self.num_key_value_heads, repeats, -1).sum(axis=3)
+
+        return summed(d_key), summed(d_value)
+
+    def score_specs(self):
+        """Operands in (key, query) order, as `softmax_path_vjp` passes them."""
+        return ("bkuh", "bquh", "buqk")
+
+    def combine_specs(self):
+        return ("buqk", "bkuh", "bquh")
+
 
 class GroupQueryAttention(GroupedQueryAttention):
     """Keras 3 exports the class as `keras.layers.GroupQueryAttention` and saves that name."""
+
+
+def _specs(equation: str):
+    """('a', 'b', 'out') letter specs of an explicit two-operand einsum equation."""
+    left, out = equation.split("->")
+    a, b = left.split(",")
+    return a, b, out
+
+
+def _einsum_backward(specs, a, b, d_out):
+    """(dL/da, dL/db) of `einsum(a, b -> out)`; every letter of an operand appears in
+    the other operand or the output."""
+    sa, sb, so = specs
+    d_a = np.einsum(f"{so},{sb}->{sa}", d_out, b, optimize=True)
+    d_b = np.einsum(f"{so},{sa}->{sb}", d_out, a, optimize=True)
+    return d_a, d_b
 
 
 # --- Keras' equation builders (multi_head_attention.py), written anew -------------

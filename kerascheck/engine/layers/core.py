@@ -361,6 +361,28 @@ class Embedding(Layer):
     def compute_mask(self, inputs, mask):
         return np.not_equal(inputs, 0) if self.mask_zero else None
 
+    def vjp(self, x, training=False, noise=None):
+        """Indices get no gradient; the table's is dL/dy's rows added up by index.
+
+        `mask_zero` only marks padding for later layers, so row 0 gets its gradient
+        like any other row. Negative indices (Keras 3) add to the row they wrap to.
+        """
+        if self.lora_rank:
+            return Layer.vjp(self, x)  # Keras trains the LoRA factors: no backward yet
+        y = self.call(x)
+        indices = np.asarray(x)
+        if indices.dtype.kind not in "iu":
+            indices = indices.astype(np.int32)
+        flat = np.where(indices < 0, indices + self.input_dim, indices).reshape(-1)
+
+        def backward(d_output):
+            rows = np.asarray(d_output).reshape(-1, self.output_dim)
+            d_table = np.zeros((self.input_dim, self.output_dim), dtype=rows.dtype)
+            np.add.at(d_table, flat, rows)
+            return None, {"embeddings": d_table}
+
+        return y, backward
+
 
 class Masking(Layer):
     """Zero the time steps whose features all equal `mask_value`, and mask them.

@@ -37,6 +37,8 @@ class Normalization(Layer):
 
     supports_masking = True
 
+    non_trainable = ("mean", "variance", "count")
+
     def setup(self, config):
         axis = config.get("axis", -1)
         if axis is None:

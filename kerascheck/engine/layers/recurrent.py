@@ -59,12 +59,25 @@ class _Cell:
 
     def step(self, x_t, states):
         """(output, new states) for one time step."""
+        output, new_states, _ = self.step_vjp(x_t, states)
+        return output, new_states
+
+    def step_vjp(self, x_t, states):
+        """(output, new states, backward) for one time step; `backward(d_output,
+        d_new_states)` gives (dL/dx_t, [dL/d each previous state], {weight: grad})."""
         raise NotImplementedError
 
     def _project(self, x_t):
         """`x @ kernel (+ bias)`: the input's contribution to every gate at once."""
         y = np.matmul(x_t, self.w["kernel"])
         return y + self.w["bias"] if self.use_bias else y
+
+    def _linear_backward(self, x_t, h_prev, dz):
+        """The backward of `x_t @ kernel + bias + h_prev @ recurrent_kernel` from dL/dz."""
+        grads = {"kernel": x_t.T @ dz, "recurrent_kernel": h_prev.T @ dz}
+        if self.use_bias:
+            grads["bias"] = dz.sum(axis=0)
+        return dz @ self.w["kernel"].T, dz @ self.w["recurrent_kernel"].T, grads
 
 
 class SimpleRNNCell(_Cell):
@@ -75,9 +88,17 @@ class SimpleRNNCell(_Cell):
         shapes = [("kernel", (step_shape[-1], u)), ("recurrent_kernel", (u, u))]
         return shapes + ([("bias", (u,))] if self.use_bias else [])
 
-    def step(self, x_t, states):
-        h = self.activation(self._project(x_t) + np.matmul(states[0], self.w["recurrent_kernel"]))
-        return h, [h]
+    def step_vjp(self, x_t, states):
+        h_prev = states[0]
+        z = self._project(x_t) + np.matmul(h_prev, self.w["recurrent_kernel"])
+        h = self.activation(z)
+
+        def backward(d_output, d_states):
+            dz = activations.backward(self.activation, z, h, d_output + d_states[0])
+            dx, dh_prev, grads = self._linear_backward(x_t, h_prev, dz)
+            return dx, [dh_prev], grads
+
+        return h, [h], backward
 
 
 class LSTMCell(_Cell):
@@ -99,20 +120,50 @@ class LSTMCell(_Cell):
         shapes = [("kernel", (step_shape[-1], 4 * u)), ("recurrent_kernel", (u, 4 * u))]
         return shapes + ([("bias", (4 * u,))] if self.use_bias else [])
 
-    def step(self, x_t, states):
+    def step_vjp(self, x_t, states):
         h_prev, c_prev = states
         z = self._project(x_t) + np.matmul(h_prev, self.w["recurrent_kernel"])
-        return lstm_gates(z, c_prev, self.activation, self.recurrent_activation)
+        h, new_states, gates_backward = lstm_gates_vjp(
+            z, c_prev, self.activation, self.recurrent_activation
+        )
+
+        def backward(d_output, d_states):
+            dz, dc_prev = gates_backward(d_output + d_states[0], d_states[1])
+            dx, dh_prev, grads = self._linear_backward(x_t, h_prev, dz)
+            return dx, [dh_prev, dc_prev], grads
+
+        return h, new_states, backward
 
 
 def lstm_gates(z, c_prev, activation, recurrent_activation):
     """The LSTM update from the summed pre-activations `z` (gates i, f, c, o on the last axis)."""
+    h, states, _ = lstm_gates_vjp(z, c_prev, activation, recurrent_activation)
+    return h, states
+
+
+def lstm_gates_vjp(z, c_prev, activation, recurrent_activation):
+    """`lstm_gates` and its backward: `backward(dh, dc)` gives (dL/dz, dL/dc_prev)."""
     z_i, z_f, z_c, z_o = np.split(z, 4, axis=-1)
     i = recurrent_activation(z_i)
     f = recurrent_activation(z_f)
-    c = f * c_prev + i * activation(z_c)
-    h = recurrent_activation(z_o) * activation(c)
-    return h, [h, c]
+    g = activation(z_c)
+    o = recurrent_activation(z_o)
+    c = f * c_prev + i * g
+    a_c = activation(c)
+    h = o * a_c
+
+    def backward(dh, dc):
+        back = activations.backward
+        dc = dc + back(activation, c, a_c, dh * o)
+        dz = [
+            back(recurrent_activation, z_i, i, dc * g),
+            back(recurrent_activation, z_f, f, dc * c_prev),
+            back(activation, z_c, g, dc * i),
+            back(recurrent_activation, z_o, o, dh * a_c),
+        ]
+        return np.concatenate(dz, axis=-1), dc * f
+
+    return h, [h, c], backward
 
 
 class GRUCell(_Cell):
@@ -135,7 +186,7 @@ class GRUCell(_Cell):
             shapes.append(("bias", (2, 3 * u) if self.reset_after else (3 * u,)))
         return shapes
 
-    def step(self, x_t, states):
+    def step_vjp(self, x_t, states):
         h_prev = states[0]
         u = self.units
         kernel = self.w["recurrent_kernel"]
@@ -148,15 +199,48 @@ class GRUCell(_Cell):
                 inner = inner + self.w["bias"][1]
         else:
             inner = np.matmul(h_prev, kernel[:, : 2 * u])
-        z = self.recurrent_activation(x[:, :u] + inner[:, :u])
-        r = self.recurrent_activation(x[:, u : 2 * u] + inner[:, u : 2 * u])
+        z_pre = x[:, :u] + inner[:, :u]
+        r_pre = x[:, u : 2 * u] + inner[:, u : 2 * u]
+        z = self.recurrent_activation(z_pre)
+        r = self.recurrent_activation(r_pre)
         if self.reset_after:
             recurrent_h = r * inner[:, 2 * u :]
         else:
-            recurrent_h = np.matmul(r * h_prev, kernel[:, 2 * u :])
-        hh = self.activation(x[:, 2 * u :] + recurrent_h)
-        h = z * h_prev + (np.asarray(1, dtype=z.dtype) - z) * hh
-        return h, [h]
+            reset_h = r * h_prev
+            recurrent_h = np.matmul(reset_h, kernel[:, 2 * u :])
+        hh_pre = x[:, 2 * u :] + recurrent_h
+        hh = self.activation(hh_pre)
+        one = np.asarray(1, dtype=z.dtype)
+        h = z * h_prev + (one - z) * hh
+
+        def backward(d_output, d_states):
+            back = activations.backward
+            dh = d_output + d_states[0]
+            dh_prev = dh * z
+            d_hh = back(self.activation, hh_pre, hh, dh * (one - z))
+            if self.reset_after:
+                dr = d_hh * inner[:, 2 * u :]
+            else:
+                d_reset_h = d_hh @ kernel[:, 2 * u :].T
+                dr = d_reset_h * h_prev
+                dh_prev = dh_prev + d_reset_h * r
+            dz = back(self.recurrent_activation, z_pre, z, dh * (h_prev - hh))
+            dr = back(self.recurrent_activation, r_pre, r, dr)
+            d_x = np.concatenate([dz, dr, d_hh], axis=-1)
+            if self.reset_after:
+                d_inner = np.concatenate([dz, dr, d_hh * r], axis=-1)
+                d_kernel = h_prev.T @ d_inner
+            else:
+                d_inner = np.concatenate([dz, dr], axis=-1)
+                d_kernel = np.concatenate([h_prev.T @ d_inner, reset_h.T @ d_hh], axis=-1)
+            dh_prev = dh_prev + d_inner @ kernel[:, : d_inner.shape[-1]].T
+            grads = {"kernel": x_t.T @ d_x, "recurrent_kernel": d_kernel}
+            if self.use_bias:
+                bias = d_x.sum(axis=0)
+                grads["bias"] = np.stack([bias, d_inner.sum(axis=0)]) if self.reset_after else bias
+            return d_x @ self.w["kernel"].T, [dh_prev], grads
+
+        return h, [h], backward
 
 
 class ConvLSTMCell(_Cell):
@@ -195,6 +279,10 @@ class ConvLSTMCell(_Cell):
         ]
         shape = (x_t.shape[0], *spatial, self.units)
         return [np.zeros(shape, dtype=x_t.dtype), np.zeros(shape, dtype=x_t.dtype)]
+
+    def step_vjp(self, x_t, states):
+        output, new_states = self.step(x_t, states)
+        return output, new_states, None
 
     def step(self, x_t, states):
         h_prev, c_prev = states
@@ -241,14 +329,29 @@ class StackedRNNCells(_Cell):
             x_t = np.zeros((x_t.shape[0], cell.output_size), dtype=x_t.dtype)
         return states
 
-    def step(self, x_t, states):
-        new_states, position = [], 0
+    def step_vjp(self, x_t, states):
+        new_states, backwards, counts, position = [], [], [], 0
         for cell in self.cells:
             count = len(cell.state_sizes)
-            x_t, cell_states = cell.step(x_t, states[position : position + count])
+            x_t, cell_states, back = cell.step_vjp(x_t, states[position : position + count])
             new_states += cell_states
+            backwards.append(back)
+            counts.append(count)
             position += count
-        return x_t, new_states
+
+        def backward(d_output, d_states):
+            d_prev, grads, end = [], {}, len(d_states)
+            for index in range(len(self.cells) - 1, -1, -1):
+                start = end - counts[index]
+                d_output, d_cell, cell_grads = backwards[index](d_output, d_states[start:end])
+                d_prev = d_cell + d_prev
+                grads.update({f"{index}/{name}": g for name, g in cell_grads.items()})
+                end = start
+            return d_output, d_prev, grads
+
+        if any(back is None for back in backwards):
+            backward = None
+        return x_t, new_states, backward
 
 
 CELLS = {cls.__name__: cls for cls in (SimpleRNNCell, LSTMCell, GRUCell)}
@@ -280,10 +383,21 @@ def run_sequence(cell, x, states, mask, go_backwards, zero_output, unroll):
     Returns (last output, outputs in processing order (B, T, ...), final states);
     with `go_backwards` the outputs come out reversed in time, as in Keras.
     """
-    steps = range(x.shape[1] - 1, -1, -1) if go_backwards else range(x.shape[1])
-    outputs, previous = [], None
+    return run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll)[:3]
+
+
+def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll):
+    """`run_sequence` and its backpropagation through time.
+
+    The fourth item, `backward(d_last, d_sequence, d_states)` (None for a zero
+    gradient), gives (dL/dx, [dL/d each initial state], {weight: grad}); it is
+    None for a cell without a step backward.
+    """
+    steps = list(range(x.shape[1] - 1, -1, -1)) if go_backwards else list(range(x.shape[1]))
+    outputs, backwards, previous = [], [], None
     for t in steps:
-        output, new_states = cell.step(x[:, t], states)
+        output, new_states, back = cell.step_vjp(x[:, t], states)
+        backwards.append(back)
         if mask is not None:
             keep = mask[:, t]
             previous = np.zeros_like(output) if previous is None else previous
@@ -293,15 +407,52 @@ def run_sequence(cell, x, states, mask, go_backwards, zero_output, unroll):
         previous, states = output, list(new_states)
     sequence = np.stack(outputs, axis=1)
     last = outputs[-1]
+    zero = np.zeros((), dtype=sequence.dtype)
+    processed = zeroing = None
     if zero_output and mask is not None:
         processed = mask[:, ::-1] if go_backwards else mask
         # The unrolled TF loop zeroes with the mask in *input* order even when the
         # outputs are reversed (backend rnn: `tf.where(_expand_mask(mask, outputs))`).
         zeroing = mask if unroll else processed
-        zero = np.zeros((), dtype=sequence.dtype)
         sequence = np.where(_against(zeroing, sequence, time=True), sequence, zero)
         last = np.where(_against(processed[:, -1], last), last, zero)
-    return last, sequence, states
+    final_states = states
+
+    def backward(d_last, d_sequence, d_states):
+        d_sequence = np.zeros_like(sequence) if d_sequence is None else d_sequence
+        d_last = np.zeros_like(last) if d_last is None else d_last
+        d_states = [
+            np.zeros_like(s) if d is None else d
+            for s, d in zip(final_states, d_states or [None] * len(final_states))
+        ]
+        if processed is not None:
+            d_sequence = np.where(_against(zeroing, d_sequence, time=True), d_sequence, zero)
+            d_last = np.where(_against(processed[:, -1], d_last), d_last, zero)
+        dx = np.zeros_like(x)
+        grads: dict = {}
+        carried = d_last  # dL/d the latest step's output, beyond the sequence's own
+        for k in range(len(steps) - 1, -1, -1):
+            t = steps[k]
+            d_output = d_sequence[:, k] + carried
+            carried = zero
+            if mask is not None:
+                keep = mask[:, t]
+                on = _against(keep, d_output)
+                carried = np.where(on, zero, d_output)  # to the repeated previous output
+                d_output = np.where(on, d_output, zero)
+                passed = [np.where(_against(keep, d), zero, d) for d in d_states]
+                d_states = [np.where(_against(keep, d), d, zero) for d in d_states]
+            dx_t, d_states, step_grads = backwards[k](d_output, d_states)
+            if mask is not None:
+                d_states = [a + b for a, b in zip(d_states, passed)]
+            dx[:, t] = dx_t
+            for name, g in step_grads.items():
+                grads[name] = g if name not in grads else grads[name] + g
+        return dx, d_states, grads
+
+    if any(back is None for back in backwards):
+        backward = None
+    return last, sequence, final_states, backward
 
 
 def _against(mask, value, time=False):
@@ -371,6 +522,11 @@ class RNN(Layer):
         self.cell.bind(self.w)
 
     def call(self, inputs, initial_state=None, mask=None, training=None, constants=None):
+        inputs, initial_state, mask = self.arguments(inputs, initial_state, mask, constants)
+        return self.run(inputs, initial_state, mask)
+
+    def arguments(self, inputs, initial_state, mask, constants):
+        """(sequences, initial states, mask) as the call's arguments give them."""
         if constants is not None:
             raise self.error("RNN constants are not supported (no built-in cell uses them)")
         if isinstance(inputs, list):  # Keras 2: [sequences, *initial states]
@@ -382,21 +538,85 @@ class RNN(Layer):
             # (keras/src/layers/layer.py `__call__`, step 6): with tensor initial
             # states the RNN runs unmasked.
             mask = None
-        return self.run(inputs, initial_state, mask)
+        return inputs, initial_state, mask
 
     def run(self, inputs, initial_state, mask, zero_output=None):
+        return self.run_vjp(inputs, initial_state, mask, zero_output)[0]
+
+    def run_vjp(self, inputs, initial_state, mask, zero_output=None):
+        """The output and `backward(d_output)` -> (dL/d inputs, [dL/d each initial
+        state], {weight: grad}); `d_output` is a list when `return_state` is set."""
         x = self.to_internal(inputs)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             mask = mask.T if self.time_major else mask
         states = self.initial_states(x, initial_state)
         zero_output = self.zero_output_for_mask if zero_output is None else zero_output
-        last, sequence, states = run_sequence(
+        last, sequence, states, loop_backward = run_sequence_vjp(
             self.cell, x, states, mask, self.go_backwards, zero_output, self.unroll
         )
         last, sequence, states = self.from_internal(last, sequence, states)
         output = sequence if self.return_sequences else last
-        return [output, *states] if self.return_state else output
+        output = [output, *states] if self.return_state else output
+
+        def backward(d_output):
+            if loop_backward is None:
+                Layer.vjp(self, inputs)  # raises: no backward for this layer class
+            d_states = None
+            if self.return_state:
+                d_output, d_states = d_output[0], list(d_output[1:])
+            if self.return_sequences:
+                d_last, d_sequence = None, d_output
+                if self.time_major:
+                    d_sequence = np.swapaxes(d_sequence, 0, 1)
+            else:
+                d_last, d_sequence = d_output, None
+            dx, d_initial, grads = loop_backward(d_last, d_sequence, d_states)
+            return self.to_internal(dx), d_initial, grads
+
+        return output, backward
+
+    def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
+        if self.cell_backward_missing():
+            return super().vjp(inputs)
+        if training and self.uses_dropout():
+            raise self.error(
+                "dropout inside the recurrence draws masks kerascheck cannot reproduce; "
+                "`grad` in training mode needs dropout=0 and recurrent_dropout=0"
+            )
+        names = ("initial_state", "mask", "training", "constants")
+        bound = dict(zip(names, args), **kwargs)
+        list_input = isinstance(inputs, list)
+        x, initial_state, mask = self.arguments(
+            inputs, bound.get("initial_state"), bound.get("mask"), bound.get("constants")
+        )
+        output, run_backward = self.run_vjp(x, initial_state, mask)
+
+        def backward(d_output):
+            dx, d_initial, grads = run_backward(d_output)
+            if list_input:
+                return [dx, *d_initial], grads
+            if bound.get("initial_state") is None:
+                return dx, grads
+            # initial_state positional (args[0]) or by keyword
+            return dx, grads, {"args": [d_initial], "kwargs": {"initial_state": d_initial}}
+
+        return output, backward
+
+    def cell_backward_missing(self) -> bool:
+        cells = self.cell.cells if isinstance(self.cell, StackedRNNCells) else [self.cell]
+        return any(isinstance(c, ConvLSTMCell) for c in cells)
+
+    def uses_dropout(self) -> bool:
+        configs = [self.config]
+        cell = self.config.get("cell")
+        for value in cell if isinstance(cell, list) else [cell]:
+            if isinstance(value, dict):
+                config = value.get("config") or {}
+                configs += [config] + [c.get("config") or {} for c in config.get("cells", [])]
+        return any(
+            float(c.get(key) or 0) > 0 for c in configs for key in ("dropout", "recurrent_dropout")
+        )
 
     def initial_states(self, x, given):
         if given is None:
@@ -521,10 +741,16 @@ class Bidirectional(Layer):
         count = len(self.forward_layer.weight_shapes(input_shape))
         self.forward_layer.raw_weights = self.raw_weights[:count]
         self.backward_layer.raw_weights = self.raw_weights[count:]
-        self.forward_layer.build(input_shape)
-        self.backward_layer.build(input_shape)
+        for role, sub in (("forward", self.forward_layer), ("backward", self.backward_layer)):
+            sub.build(input_shape)
+            # share this layer's arrays, so a change to `self.w` reaches the copies
+            sub.w = {name: self.w[f"{role}/{name}"] for name in sub.w}
+            sub.cell.bind(sub.w)
 
     def call(self, inputs, initial_state=None, mask=None, training=None, constants=None):
+        return self.run_vjp(inputs, initial_state, mask, constants)[0]
+
+    def run_vjp(self, inputs, initial_state, mask, constants):
         if constants is not None:
             raise self.error("RNN constants are not supported (no built-in cell uses them)")
         if isinstance(inputs, list):  # Keras 2: [sequences, *forward states, *backward states]
@@ -538,18 +764,75 @@ class Bidirectional(Layer):
             flat = _flatten(initial_state)
             forward_state, backward_state = flat[: len(flat) // 2], flat[len(flat) // 2 :]
         zero = self.return_sequences
-        y = self.forward_layer.run(inputs, forward_state, mask, zero_output=zero)
-        y_rev = self.backward_layer.run(inputs, backward_state, mask, zero_output=zero)
+        y, forward_back = self.forward_layer.run_vjp(inputs, forward_state, mask, zero)
+        y_rev, backward_back = self.backward_layer.run_vjp(inputs, backward_state, mask, zero)
         states = []
+        count = len(self.forward_layer.cell.state_sizes)
         if self.return_state:
             states = [*y[1:], *y_rev[1:]]
             y, y_rev = y[0], y_rev[0]
+        time_axis = 0 if self.forward_layer.time_major else 1
         if self.return_sequences:
-            y_rev = np.flip(y_rev, axis=0 if self.forward_layer.time_major else 1)
+            y_rev = np.flip(y_rev, axis=time_axis)
         output = self.merge(y, y_rev)
         if self.return_state:
-            return [*output, *states] if self.merge_mode is None else [output, *states]
-        return output
+            output = [*output, *states] if self.merge_mode is None else [output, *states]
+
+        def backward(d_output):
+            d_states = []
+            if self.return_state:
+                split = 2 if self.merge_mode is None else 1
+                d_output, d_states = d_output[:split], list(d_output[split:])
+                d_output = d_output if self.merge_mode is None else d_output[0]
+            d_y, d_rev = self.merge_backward(y, y_rev, d_output)
+            if self.return_sequences:
+                d_rev = np.flip(d_rev, axis=time_axis)
+            if self.return_state:
+                d_y, d_rev = [d_y, *d_states[:count]], [d_rev, *d_states[count:]]
+            dx, d_forward_state, forward_grads = forward_back(d_y)
+            d_back_x, d_backward_state, backward_grads = backward_back(d_rev)
+            grads = {f"forward/{n}": g for n, g in forward_grads.items()}
+            grads.update({f"backward/{n}": g for n, g in backward_grads.items()})
+            return dx + d_back_x, [*d_forward_state, *d_backward_state], grads
+
+        return output, backward
+
+    def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
+        if any(sub.cell_backward_missing() for sub in (self.forward_layer, self.backward_layer)):
+            return super().vjp(inputs)
+        if training and (self.forward_layer.uses_dropout() or self.backward_layer.uses_dropout()):
+            raise self.forward_layer.error(
+                "dropout inside the recurrence draws masks kerascheck cannot reproduce; "
+                "`grad` in training mode needs dropout=0 and recurrent_dropout=0"
+            )
+        names = ("initial_state", "mask", "training", "constants")
+        bound = dict(zip(names, args), **kwargs)
+        output, run_backward = self.run_vjp(
+            inputs, bound.get("initial_state"), bound.get("mask"), bound.get("constants")
+        )
+
+        def backward(d_output):
+            dx, d_initial, grads = run_backward(d_output)
+            if isinstance(inputs, list):
+                return [dx, *d_initial], grads
+            if bound.get("initial_state") is None:
+                return dx, grads
+            return dx, grads, {"args": [d_initial], "kwargs": {"initial_state": d_initial}}
+
+        return output, backward
+
+    def merge_backward(self, y, y_rev, d):
+        """dL/d each direction's output from dL/d the merged output."""
+        if self.merge_mode == "concat":
+            return d[..., : y.shape[-1]], d[..., y.shape[-1] :]
+        if self.merge_mode == "sum":
+            return d, d
+        if self.merge_mode == "mul":
+            return d * y_rev, d * y
+        if self.merge_mode == "ave":
+            half = d / np.asarray(2, dtype=d.dtype)
+            return half, half
+        return d[0], d[1]
 
     def merge(self, y, y_rev):
         if self.merge_mode == "concat":

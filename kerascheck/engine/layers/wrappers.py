@@ -51,6 +51,7 @@ class TimeDistributed(Layer):
             feed_nested_weights(self, shape)
         else:
             self.inner.build(shape)
+            self.w = self.inner.w  # the inner layer's weights are this layer's
         self.built = True
 
     def call(self, x, mask=None):
@@ -60,6 +61,36 @@ class TimeDistributed(Layer):
             kwargs["mask"] = fold(mask)
         y = self.inner.call(fold(x), **kwargs)
         return y.reshape(batch, steps, *y.shape[1:])
+
+    def vjp(self, x, training=False, noise=None, mask=None):
+        """The inner layer's backward on the folded batch, unfolded; a `pre_activation`
+        backward (and its `logits`) of the inner layer is passed on the same way."""
+        batch, steps = x.shape[:2]
+        kwargs = {}
+        if mask is not None and "mask" in _call_parameters(self.inner):
+            kwargs["mask"] = fold(mask)
+        y, inner_backward = self.inner.vjp(fold(x), training=training, noise=noise, **kwargs)
+
+        def unfolded(step):
+            def backward(d_output):
+                result = step(fold(d_output))
+                if len(result) > 2:
+                    raise self.error(
+                        "the wrapped layer reads further tensor arguments; kerascheck's "
+                        "backward does not cover them inside TimeDistributed"
+                    )
+                dx, grads = result
+                return (None if dx is None else dx.reshape(x.shape)), grads
+
+            return backward
+
+        backward = unfolded(inner_backward)
+        if getattr(inner_backward, "pre_activation", None) is not None:
+            backward.pre_activation = unfolded(inner_backward.pre_activation)
+            backward.activation = inner_backward.activation
+            logits = inner_backward.logits
+            backward.logits = logits.reshape(batch, steps, *logits.shape[1:])
+        return y.reshape(batch, steps, *y.shape[1:]), backward
 
     def compute_mask(self, inputs, mask):
         if self.context.keras_major >= 3:
