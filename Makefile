@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kerascheck summary sample_models/seed000_regressor.keras
 	$(BIN)/kerascheck diff --layer-wise sample_models/seed000_regressor.keras sample_models/seed000_regressor.input.npy
+	$(BIN)/kerascheck grad sample_models/seed000_regressor.keras sample_models/seed000_regressor.input.npy sample_models/seed000_regressor.target.npy
 
 test: $(STAMP)
 	$(BIN)/ruff check kerascheck tests bench sample_models
@@ -34,6 +35,7 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_grad.py
 
 zoo: $(STAMP)
 	$(BIN)/python bench/zoo.py

@@ -6,6 +6,10 @@ around one cell, so masks, `go_backwards`, `return_state` and initial states
 are handled once. The loop runs over time steps only; each step is one
 batched matmul (or, for ConvLSTM, conv.py's `correlate`).
 
+Each cell's `step_vjp` returns the step's backward with its gate values;
+`run_sequence_vjp` keeps them and runs backpropagation through time, so the
+forward (`step`, `run_sequence`) and the backward share one computation.
+
 Masking follows the TensorFlow backend's `rnn` (keras/src/backend/tensorflow/
 rnn.py, tf_keras/src/backend.py): at a masked step the states are carried
 unchanged and the output repeats the previous step's output (zeros before
@@ -21,7 +25,7 @@ from ...loading.spec import LayerSpec
 from .. import activations
 from ..base import Layer, as_tuple, data_format
 from ..windows import output_length
-from .conv import correlate
+from .conv import correlate_vjp
 
 # -- cells ----------------------------------------------------------------------
 
@@ -281,17 +285,31 @@ class ConvLSTMCell(_Cell):
         return [np.zeros(shape, dtype=x_t.dtype), np.zeros(shape, dtype=x_t.dtype)]
 
     def step_vjp(self, x_t, states):
-        output, new_states = self.step(x_t, states)
-        return output, new_states, None
-
-    def step(self, x_t, states):
         h_prev, c_prev = states
         ones = (1,) * self.rank
-        z = correlate(x_t, self.w["kernel"], self.strides, self.dilation, self.padding)
+        z, input_backward = correlate_vjp(
+            x_t, self.w["kernel"], self.strides, self.dilation, self.padding
+        )
         if self.use_bias:
             z = z + self.w["bias"]
-        z = z + correlate(h_prev, self.w["recurrent_kernel"], ones, ones, "same")
-        return lstm_gates(z, c_prev, self.activation, self.recurrent_activation)
+        recurrent, recurrent_backward = correlate_vjp(
+            h_prev, self.w["recurrent_kernel"], ones, ones, "same"
+        )
+        z = z + recurrent
+        h, new_states, gates_backward = lstm_gates_vjp(
+            z, c_prev, self.activation, self.recurrent_activation
+        )
+
+        def backward(d_output, d_states):
+            dz, dc_prev = gates_backward(d_output + d_states[0], d_states[1])
+            dx, d_kernel = input_backward(dz)
+            dh_prev, d_recurrent = recurrent_backward(dz)
+            grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
+            if self.use_bias:
+                grads["bias"] = dz.sum(axis=tuple(range(dz.ndim - 1)))
+            return dx, [dh_prev, dc_prev], grads
+
+        return h, new_states, backward
 
 
 class StackedRNNCells(_Cell):
@@ -349,8 +367,6 @@ class StackedRNNCells(_Cell):
                 end = start
             return d_output, d_prev, grads
 
-        if any(back is None for back in backwards):
-            backward = None
         return x_t, new_states, backward
 
 
@@ -390,8 +406,7 @@ def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll):
     """`run_sequence` and its backpropagation through time.
 
     The fourth item, `backward(d_last, d_sequence, d_states)` (None for a zero
-    gradient), gives (dL/dx, [dL/d each initial state], {weight: grad}); it is
-    None for a cell without a step backward.
+    gradient), gives (dL/dx, [dL/d each initial state], {weight: grad}).
     """
     steps = list(range(x.shape[1] - 1, -1, -1)) if go_backwards else list(range(x.shape[1]))
     outputs, backwards, previous = [], [], None
@@ -450,8 +465,6 @@ def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll):
                 grads[name] = g if name not in grads else grads[name] + g
         return dx, d_states, grads
 
-    if any(back is None for back in backwards):
-        backward = None
     return last, sequence, final_states, backward
 
 
@@ -509,6 +522,16 @@ class RNN(Layer):
             sequence = np.swapaxes(sequence, 0, 1)
         return last, sequence, states
 
+    # ... and their inverses, for gradients
+    def sequence_to_internal(self, d_sequence):
+        return np.swapaxes(d_sequence, 0, 1) if self.time_major else d_sequence
+
+    def from_internal_input(self, dx):
+        return np.swapaxes(dx, 0, 1) if self.time_major else dx
+
+    def state_from_internal(self, s):
+        return s
+
     def step_shape(self, input_shape):
         shape = input_shape[0] if isinstance(input_shape, list) else input_shape
         shape = tuple(shape)
@@ -560,25 +583,22 @@ class RNN(Layer):
         output = [output, *states] if self.return_state else output
 
         def backward(d_output):
-            if loop_backward is None:
-                Layer.vjp(self, inputs)  # raises: no backward for this layer class
             d_states = None
             if self.return_state:
                 d_output, d_states = d_output[0], list(d_output[1:])
+            if d_states is not None:
+                d_states = [self.state_to_internal(d) for d in d_states]
             if self.return_sequences:
-                d_last, d_sequence = None, d_output
-                if self.time_major:
-                    d_sequence = np.swapaxes(d_sequence, 0, 1)
+                d_last, d_sequence = None, self.sequence_to_internal(d_output)
             else:
-                d_last, d_sequence = d_output, None
+                d_last, d_sequence = self.state_to_internal(d_output), None
             dx, d_initial, grads = loop_backward(d_last, d_sequence, d_states)
-            return self.to_internal(dx), d_initial, grads
+            d_initial = [self.state_from_internal(d) for d in d_initial]
+            return self.from_internal_input(dx), d_initial, grads
 
         return output, backward
 
     def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
-        if self.cell_backward_missing():
-            return super().vjp(inputs)
         if training and self.uses_dropout():
             raise self.error(
                 "dropout inside the recurrence draws masks kerascheck cannot reproduce; "
@@ -602,10 +622,6 @@ class RNN(Layer):
             return dx, grads, {"args": [d_initial], "kwargs": {"initial_state": d_initial}}
 
         return output, backward
-
-    def cell_backward_missing(self) -> bool:
-        cells = self.cell.cells if isinstance(self.cell, StackedRNNCells) else [self.cell]
-        return any(isinstance(c, ConvLSTMCell) for c in cells)
 
     def uses_dropout(self) -> bool:
         configs = [self.config]
@@ -675,6 +691,15 @@ class ConvLSTM2D(RNN):
             return last, sequence, states
         states = [np.moveaxis(s, -1, 1) for s in states]
         return np.moveaxis(last, -1, 1), np.moveaxis(sequence, -1, 2), states
+
+    def sequence_to_internal(self, d_sequence):
+        return d_sequence if self._channels_last() else np.moveaxis(d_sequence, 2, -1)
+
+    def from_internal_input(self, dx):
+        return dx if self._channels_last() else np.moveaxis(dx, -1, 2)
+
+    def state_from_internal(self, s):
+        return s if self._channels_last() else np.moveaxis(s, -1, 1)
 
     def step_shape(self, input_shape):
         shape = tuple(input_shape[0] if isinstance(input_shape, list) else input_shape)
@@ -798,8 +823,6 @@ class Bidirectional(Layer):
         return output, backward
 
     def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
-        if any(sub.cell_backward_missing() for sub in (self.forward_layer, self.backward_layer)):
-            return super().vjp(inputs)
         if training and (self.forward_layer.uses_dropout() or self.backward_layer.uses_dropout()):
             raise self.forward_layer.error(
                 "dropout inside the recurrence draws masks kerascheck cannot reproduce; "
