@@ -498,6 +498,13 @@ def _read_arrays(path: str) -> dict:
     help="float64: also run each call's backward in float64 on Keras' values as ground truth.",
 )
 @click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Check the gradients of each batch of N samples (each tensor's worst batch is "
+    "shown); default: INPUT as one batch, as one fit step would take it.",
+)
+@click.option(
     "--layer-tol",
     multiple=True,
     metavar="PATTERN:rtol=R[,atol=A]",
@@ -552,6 +559,7 @@ def grad(
     rtol,
     atol,
     dtype,
+    batch_size,
     layer_tol,
     save_grads,
     against_path,
@@ -586,22 +594,37 @@ def grad(
         raise KerascheckError(f"{save_grads}: expected an .npz path for --save-grads")
     loss_option = _loss_option(model, loss, from_logits)
     tolerance = _grad_policy(rtol, atol, layer_tol)
-    result = grad_model(
-        model_path,
-        model,
-        inputs,
-        targets,
-        loss_option=loss_option,
-        sample_weight=sample_weight,
-        mode=mode,
-        oracle=oracle,
-        tolerance=tolerance,
-        save=save_grads is not None,
-        against=_read_arrays(against_path) if against_path else None,
-        against_layout=against_layout,
-        reference=reference,
-        float64=dtype == "float64",
-    )
+    total = int(inputs[0].shape[0])
+    step = batch_size or total
+    if (save_grads or against_path) and step < total:
+        raise KerascheckError(
+            "--save-grads and --against work on one batch: use them without --batch-size"
+        )
+    against = _read_arrays(against_path) if against_path else None
+    results = []
+    for start in range(0, total, step):
+        chunk = slice(start, start + step)
+        results.append(
+            grad_model(
+                model_path,
+                model,
+                [a[chunk] for a in inputs],
+                [t[chunk] for t in targets],
+                loss_option=loss_option,
+                sample_weight=None if sample_weight is None else sample_weight[chunk],
+                mode=mode,
+                oracle=oracle,
+                tolerance=tolerance,
+                save=save_grads is not None,
+                against=against,
+                against_layout=against_layout,
+                reference=reference,
+                float64=dtype == "float64",
+            )
+        )
+    from .grad import merge_results
+
+    result = merge_results(results)
     from .report.json_report import dumps
 
     _write(json_path, dumps(grad_report.grad_json(result)) + "\n")

@@ -668,3 +668,25 @@ def _saved_arrays(model, keras, carried, value) -> dict:
         for name, grad in grads.items():
             arrays[f"numpy/grad/{layer}/{name}"] = grad
     return arrays
+
+
+def merge_results(results: list[GradResult]) -> GradResult:
+    """Batches checked one by one (`--batch-size`): each tensor keeps its worst statistics
+    over the batches, the losses are averaged by batch size."""
+    merged = results[0]
+    sizes = [r.batch for r in results]
+    total = sum(sizes)
+    for other in results[1:]:
+        for row, other_row in zip(merged.rows, other.rows):
+            for tensor, theirs in zip(row.tensors, other_row.tensors):
+                if tensor.own is not None and theirs.own is not None:
+                    tensor.own = tensor.own.worse(theirs.own)
+                if tensor.carried is not None and theirs.carried is not None:
+                    tensor.carried = tensor.carried.worse(theirs.carried)
+                tensor.hint = tensor.hint or theirs.hint
+        merged.engine_seconds += other.engine_seconds
+        merged.keras_seconds += other.keras_seconds
+    merged.keras_loss = sum(r.keras_loss * n for r, n in zip(results, sizes)) / total
+    merged.engine_loss = sum(r.engine_loss * n for r, n in zip(results, sizes)) / total
+    merged.batch = total
+    return merged

@@ -214,3 +214,26 @@ def test_cli_layer_without_a_backward_is_named(tmp_path):
     out = CliRunner().invoke(main, ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
     assert out.exit_code == 2, out.output
     assert op.layer in out.output and "backward" in out.output
+
+
+def test_cli_batch_size_checks_each_batch_and_keeps_the_worst(files):
+    path, x, y, tmp = files
+    out = CliRunner().invoke(
+        main, ["grad", path, x, y, "--batch-size", "3", "--json", str(tmp / "r.json")]
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp / "r.json").read_text())
+    assert report["batch"] == 8 and report["status"] == "match"
+    whole = json.loads((tmp / "r.json").read_text())
+    kernel = next(
+        t
+        for c in whole["calls"]
+        if c["name"] == "hidden"
+        for t in c["tensors"]
+        if t["tensor"] == "kernel"
+    )
+    assert kernel["own"]["rel_error"] < 1e-4
+    out = CliRunner().invoke(
+        main, ["grad", path, x, y, "--batch-size", "3", "--save-grads", str(tmp / "g.npz")]
+    )
+    assert out.exit_code == 2 and "--batch-size" in out.output
