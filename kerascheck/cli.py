@@ -684,6 +684,13 @@ def _loss_option(model, loss, from_logits):
 @click.option("--fresh-optimizer", is_flag=True, help="Start from zero optimizer state.")
 @click.option("--rtol", type=click.FloatRange(0), default=None, help="[default: 1e-3]")
 @click.option("--save-weights", type=click.Path(dir_okay=False), help="Both sides' weights after.")
+@click.option(
+    "--against",
+    "against_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Check your own weights after one step (.npz keys new/<layer>/<weight>).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="JSON report.")
 @ORACLE_OPTION
 @friendly_errors
@@ -709,6 +716,7 @@ def train_step(
     fresh_optimizer,
     rtol,
     save_weights,
+    against_path,
     json_path,
     oracle,
 ):
@@ -761,6 +769,7 @@ def train_step(
         oracle=oracle,
         tolerance=GradTolerance(rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol),
         save=save_weights is not None,
+        against=_read_arrays(against_path) if against_path else None,
     )
     _write(json_path, dumps(train_step_json(result)) + "\n")
     if save_weights:

@@ -143,6 +143,9 @@ def file_state(model: EngineModel, optimizer, keys) -> dict:
 def _indexed_state(arrays, optimizer, keys, state):
     groups = KERAS3_SLOT_GROUPS.get(optimizer.name, [optimizer.slot_names])
     groups = [[s for s in g if s in optimizer.slot_names] for g in groups]
+    state["iterations"] = int(np.asarray(arrays[0])) if arrays else 0
+    if len(arrays) <= 2:  # compiled but never trained: Keras saved no slots yet
+        return state
     trailing = KERAS3_TRAILING.get(optimizer.name, [])
     expected = 2 + sum(len(g) for g in groups) * len(keys) + len(trailing)
     if len(arrays) != expected:
@@ -209,6 +212,7 @@ def train_step_model(
     oracle: str | None = None,
     tolerance: GradTolerance | None = None,
     save: bool = False,
+    against: dict | None = None,
 ) -> TrainStepResult:
     from .oracle import choose_oracle
     from .oracle.gradients import KerasGradientRunner
@@ -222,6 +226,9 @@ def train_step_model(
     )
     weights = {f"{layer}/{w}": model.graph.layers[layer].w[w] for layer, w in keys}
     state = file_state(model, optimizer, keys) if use_state else optimizer.init_state(weights)
+    if against is not None:
+        _check_against_keys(against, keys, steps)
+        start_state = _copy_state(state)
     state_from = "the file" if use_state else "zero (a fresh optimizer)"
     flavor, _ = choose_oracle(model.spec, oracle)
     runner = KerasGradientRunner(
@@ -270,6 +277,20 @@ def train_step_model(
         tolerance,
         (last_grads, last_keras_grads),
     )
+    if against is not None:
+        rows = _against_rows(
+            against,
+            model,
+            keys,
+            before_engine,
+            runner.weights(),
+            config,
+            optimizer,
+            start_state,
+            last_keras_grads,
+            step_size,
+            tolerance,
+        )
     result = TrainStepResult(
         model_path=path,
         keras_version=model.spec.keras_version,
@@ -493,3 +514,77 @@ def _saved(model, keys, after_keras) -> dict:
         arrays[f"keras/new/{layer}/{weight}"] = after_keras[layer][index]
         arrays[f"numpy/new/{layer}/{weight}"] = model.graph.layers[layer].w[weight]
     return arrays
+
+
+def _check_against_keys(mine: dict, keys, steps: int) -> None:
+    valid = [f"new/{layer}/{w}" for layer, w in keys]
+    unknown = [k for k in mine if k not in valid and k != "loss"]
+    if unknown:
+        raise KerascheckError(
+            f"--against: expected keys among {valid} (and loss), found unknown {unknown}"
+        )
+    if steps != 1:
+        raise KerascheckError(f"--against checks one step: use --steps 1, found {steps}")
+
+
+def _copy_state(state):
+    return {
+        **state,
+        "slots": {k: {n: np.array(v) for n, v in s.items()} for k, s in state["slots"].items()},
+    }
+
+
+def _against_rows(
+    mine,
+    model,
+    keys,
+    before,
+    after_keras,
+    config,
+    optimizer,
+    state,
+    keras_grads,
+    batch,
+    tolerance,
+):
+    """The user's weights after the step, judged by their update against Keras'."""
+    from .train_step_hints import alternatives, explain
+
+    grads = {}
+    for layer, weight in keys:
+        index = list(model.graph.layers[layer].w).index(weight)
+        g = keras_grads.get(layer, {}).get(index)
+        if g is not None:
+            grads[f"{layer}/{weight}"] = g
+    found = None
+    rows = {}
+    for layer, weight in keys:
+        key = f"{layer}/{weight}"
+        if f"new/{key}" not in mine:
+            continue
+        index = list(model.graph.layers[layer].w).index(weight)
+        theirs = after_keras[layer][index].astype(np.float64)
+        ours = np.asarray(mine[f"new/{key}"], np.float64)
+        if ours.shape != theirs.shape:
+            raise KerascheckError(
+                f"--against: new/{key} must have shape {theirs.shape}, found {ours.shape}"
+            )
+        old = before[key].astype(np.float64)
+        stats = TensorStats.of(ours - old, theirs - old, tolerance)
+        hint = None
+        if not stats.ok:
+            if found is None:
+                found = alternatives(config, optimizer.flavor, before, grads, state, batch)
+            hint = explain(ours, key, old, found, tolerance, TensorStats.of)
+        row = rows.setdefault(layer, CallRow(layer, model.graph.layers[layer].class_name))
+        row.tensors.append(
+            TensorRow(
+                f"Δ{weight}",
+                list(theirs.shape),
+                _norm(theirs - old),
+                carried=stats,
+                hint=hint,
+                judged="carried",
+            )
+        )
+    return list(rows.values())

@@ -132,3 +132,48 @@ def test_cli_train_step_exit_codes(tmp_path):
     args[1] = str(tmp_path / "plain.keras")
     out = CliRunner().invoke(main, [*args, "--loss", "mse"])
     assert out.exit_code == 2 and "--optimizer" in out.output
+
+
+def _adam_textbook(w, g, m, v, t, lr, b1, b2, eps):
+    """PyTorch's Adam, written out: bias-corrected moments, eps added to sqrt(v_hat)."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+    return w - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_against_names_the_textbook_adam_epsilon(tmp_path, flavor):
+    """With gradients near 1e-6 (a bias before BatchNormalization is noise, so use a plain
+    model) the textbook epsilon and Keras' epsilon-hat give visibly different steps."""
+    k = keras_module(flavor)
+    model = k.Sequential([k.Input((6,)), k.layers.Dense(3, name="out")])
+    randomize_weights(model)
+    model.compile(optimizer=k.optimizers.Adam(0.01, epsilon=1e-3), loss="mse")
+    x, y = make_input((8, 6), seed=1), make_input((8, 3), seed=2)
+    path = os.path.join(str(tmp_path), "adam" + (".keras" if flavor == "keras" else ".h5"))
+    model.save(path)
+    reference = train_step_model(path, kerascheck.load(path), [x], [y], save=True)
+    from kerascheck.train_step import _engine_gradients
+
+    fresh = kerascheck.load(path)  # the weights before the step, and their gradient
+    weights = {name: fresh.graph.layers["out"].w[name].copy() for name in ("kernel", "bias")}
+    _, grads, _ = _engine_gradients(fresh, fresh_loss(fresh), [x], [y], None, {})
+    mine = {}
+    for name, w in weights.items():
+        g = grads[f"out/{name}"].astype(np.float64)
+        mine[f"new/out/{name}"] = _adam_textbook(w, g, 0.0, 0.0, 1, 0.01, 0.9, 0.999, 1e-3)
+    result = train_step_model(path, kerascheck.load(path), [x], [y], against=mine)
+    assert result.first_divergence is not None
+    hints = [t.hint for r in result.rows for t in r.tensors if t.status == "mismatch"]
+    assert hints and all(h and "textbook epsilon" in h for h in hints), hints
+    assert reference.status == "match"
+    correct = {f"new/out/{n}": reference.saved[f"keras/new/out/{n}"] for n in weights}
+    ok = train_step_model(path, kerascheck.load(path), [x], [y], against=correct)
+    assert ok.status == "match"
+
+
+def fresh_loss(model):
+    from kerascheck.grad import resolve_loss
+
+    return resolve_loss(model, None)[0]
