@@ -88,8 +88,18 @@ def fitted(flavor, tmp_path, optimizer):
 
 OPTIMIZERS = {
     "adam": lambda k: k.optimizers.Adam(0.01),
+    "adam-amsgrad-clipnorm": lambda k: k.optimizers.Adam(0.01, amsgrad=True, clipnorm=0.5),
+    "adamw": lambda k: k.optimizers.AdamW(0.01, weight_decay=0.05),
     "sgd-nesterov": lambda k: k.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "sgd-global-clipnorm": lambda k: k.optimizers.SGD(0.05, global_clipnorm=0.1),
     "rmsprop": lambda k: k.optimizers.RMSprop(0.01, momentum=0.5),
+    "rmsprop-centered": lambda k: k.optimizers.RMSprop(0.01, centered=True),
+    "adagrad": lambda k: k.optimizers.Adagrad(0.05),
+    "adadelta": lambda k: k.optimizers.Adadelta(1.0),
+    "adamax": lambda k: k.optimizers.Adamax(0.01),
+    "nadam": lambda k: k.optimizers.Nadam(0.01),
+    "ftrl": lambda k: k.optimizers.Ftrl(0.05),
+    "lion": lambda k: k.optimizers.Lion(0.001),
 }
 
 

@@ -300,6 +300,39 @@ def test_multi_head_attention_embedding_masks(tmp_path, scores, flavor):
         check_grad(tmp_path, build, [unpadded, VALUE_TOKENS], flavors=(flavor,))
 
 
+@pytest.mark.parametrize(
+    "kwargs, q_shape, v_shape",
+    [
+        (dict(), (2, 3, 4), (3, 2, 4)),  # default axes of rank-4 inputs: two attention axes
+        (dict(attention_axes=2), (2, 3, 4), (2, 4, 4)),  # one of two axes: batch-like axis 1
+    ],
+)
+def test_multi_head_attention_axes(tmp_path, kwargs, q_shape, v_shape):
+    def build(k):
+        q, v = k.Input(shape=q_shape), k.Input(shape=v_shape)
+        return k.Model([q, v], k.layers.MultiHeadAttention(2, 2, **kwargs)(q, v))
+
+    x = [make_input((3, *q_shape), seed=0), make_input((3, *v_shape), seed=1)]
+    check_grad(tmp_path, build, x)
+
+
+@pytest.mark.parametrize("cls", ["MultiHeadAttention", "GroupQueryAttention"])
+def test_gate_and_sliding_window(tmp_path, cls):
+    """Keras 3's `use_gate` (a sigmoid EinsumDense of the query) and `sliding_window`."""
+    heads = (
+        dict(num_heads=2, key_dim=3)
+        if cls == "MultiHeadAttention"
+        else dict(head_dim=3, num_query_heads=2, num_key_value_heads=1)
+    )
+
+    def build(k):
+        q, v = k.Input(shape=(4, 4)), k.Input(shape=(4, 4))
+        layer = getattr(k.layers, cls)(use_gate=True, sliding_window=2, **heads)
+        return k.Model([q, v], layer(q, v))
+
+    check_grad(tmp_path, build, sequences(4, 4), flavors=("keras",))
+
+
 def test_multi_head_attention_dropout_refused(tmp_path):
     k = keras_module("keras")
     q, v = k.Input(shape=(4, 4)), k.Input(shape=(5, 4))
@@ -367,9 +400,22 @@ def test_embedding_mask_zero_keeps_row_zero_gradient(tmp_path):
         return k.Model(tokens, out)
 
     check_grad(tmp_path, build, [QUERY_TOKENS])
+    tokens = np.array([[3, 1, 0, 0], [1, 0, 3, 3]], dtype="int32")  # rows 2, 4, 5, 6 unused
     model = kerascheck.load(save(build(keras_module("keras")), str(tmp_path), "keras"))
-    tape = backprop.forward(model.graph, [QUERY_TOKENS], True)
+    tape = backprop.forward(model.graph, [tokens], True)
     grads = backprop.backward(model.graph, tape, [np.ones_like(tape.outputs[0])])
     (table,) = [g["embeddings"] for g in grads.weights.values() if "embeddings" in g]
-    assert np.all(table[0] != 0)
-    assert np.all(table[[i for i in range(VOCAB) if i not in QUERY_TOKENS]] == 0)
+    assert np.all(table[[0, 1, 3]] != 0)
+    assert np.all(table[[2, 4, 5, 6]] == 0)
+    assert grads.model_inputs == [None]
+
+
+def test_embedding_negative_indices_keras3(tmp_path):
+    """Keras 3 wraps a negative index once (-1 is the last row); its gradient lands there."""
+    tokens = np.array([[-1, 2, -7, 0], [6, -1, 1, 1]], dtype="int32")
+
+    def build(k):
+        x = k.Input(shape=(4,), dtype="int32")
+        return k.Model(x, k.layers.Dense(2)(k.layers.Embedding(VOCAB, 3)(x)))
+
+    check_grad(tmp_path, build, [tokens], flavors=("keras",))

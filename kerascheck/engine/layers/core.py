@@ -410,6 +410,10 @@ class Masking(Layer):
     def compute_mask(self, inputs, mask):
         return self.keep(inputs, keepdims=False)
 
+    def vjp(self, x, training=False, noise=None):
+        keep = self.keep(x, keepdims=True)
+        return self.call(x), lambda d: (np.where(keep, d, np.zeros((), d.dtype)), {})
+
 
 class CategoryEncoding(Layer):
     """One-hot, multi-hot or count encoding of integer tokens into `num_tokens` slots.

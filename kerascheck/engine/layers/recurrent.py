@@ -399,20 +399,22 @@ def run_sequence(cell, x, states, mask, go_backwards, zero_output, unroll):
     Returns (last output, outputs in processing order (B, T, ...), final states);
     with `go_backwards` the outputs come out reversed in time, as in Keras.
     """
-    return run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll)[:3]
+    return run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll, False)[:3]
 
 
-def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll):
+def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll, keep_steps=True):
     """`run_sequence` and its backpropagation through time.
 
     The fourth item, `backward(d_last, d_sequence, d_states)` (None for a zero
-    gradient), gives (dL/dx, [dL/d each initial state], {weight: grad}).
+    gradient), gives (dL/dx, [dL/d each initial state], {weight: grad}). Without
+    `keep_steps` (inference) no step's backward is kept, and `backward` must not be called.
     """
     steps = list(range(x.shape[1] - 1, -1, -1)) if go_backwards else list(range(x.shape[1]))
     outputs, backwards, previous = [], [], None
     for t in steps:
         output, new_states, back = cell.step_vjp(x[:, t], states)
-        backwards.append(back)
+        if keep_steps:  # each step's backward holds its gate values
+            backwards.append(back)
         if mask is not None:
             keep = mask[:, t]
             previous = np.zeros_like(output) if previous is None else previous
@@ -564,9 +566,9 @@ class RNN(Layer):
         return inputs, initial_state, mask
 
     def run(self, inputs, initial_state, mask, zero_output=None):
-        return self.run_vjp(inputs, initial_state, mask, zero_output)[0]
+        return self.run_vjp(inputs, initial_state, mask, zero_output, keep_steps=False)[0]
 
-    def run_vjp(self, inputs, initial_state, mask, zero_output=None):
+    def run_vjp(self, inputs, initial_state, mask, zero_output=None, keep_steps=True):
         """The output and `backward(d_output)` -> (dL/d inputs, [dL/d each initial
         state], {weight: grad}); `d_output` is a list when `return_state` is set."""
         x = self.to_internal(inputs)
@@ -576,7 +578,7 @@ class RNN(Layer):
         states = self.initial_states(x, initial_state)
         zero_output = self.zero_output_for_mask if zero_output is None else zero_output
         last, sequence, states, loop_backward = run_sequence_vjp(
-            self.cell, x, states, mask, self.go_backwards, zero_output, self.unroll
+            self.cell, x, states, mask, self.go_backwards, zero_output, self.unroll, keep_steps
         )
         last, sequence, states = self.from_internal(last, sequence, states)
         output = sequence if self.return_sequences else last
@@ -590,7 +592,7 @@ class RNN(Layer):
                 d_states = [self.state_to_internal(d) for d in d_states]
             if self.return_sequences:
                 d_last, d_sequence = None, self.sequence_to_internal(d_output)
-            else:
+            else:  # the last output is laid out like a state
                 d_last, d_sequence = self.state_to_internal(d_output), None
             dx, d_initial, grads = loop_backward(d_last, d_sequence, d_states)
             d_initial = [self.state_from_internal(d) for d in d_initial]
@@ -614,8 +616,8 @@ class RNN(Layer):
 
         def backward(d_output):
             dx, d_initial, grads = run_backward(d_output)
-            if list_input:
-                return [dx, *d_initial], grads
+            if list_input:  # [sequences, *initial states]
+                return [dx, *d_initial][: len(inputs)], grads
             if bound.get("initial_state") is None:
                 return dx, grads
             # initial_state positional (args[0]) or by keyword
@@ -773,9 +775,9 @@ class Bidirectional(Layer):
             sub.cell.bind(sub.w)
 
     def call(self, inputs, initial_state=None, mask=None, training=None, constants=None):
-        return self.run_vjp(inputs, initial_state, mask, constants)[0]
+        return self.run_vjp(inputs, initial_state, mask, constants, keep_steps=False)[0]
 
-    def run_vjp(self, inputs, initial_state, mask, constants):
+    def run_vjp(self, inputs, initial_state, mask, constants, keep_steps=True):
         if constants is not None:
             raise self.error("RNN constants are not supported (no built-in cell uses them)")
         if isinstance(inputs, list):  # Keras 2: [sequences, *forward states, *backward states]
@@ -789,8 +791,10 @@ class Bidirectional(Layer):
             flat = _flatten(initial_state)
             forward_state, backward_state = flat[: len(flat) // 2], flat[len(flat) // 2 :]
         zero = self.return_sequences
-        y, forward_back = self.forward_layer.run_vjp(inputs, forward_state, mask, zero)
-        y_rev, backward_back = self.backward_layer.run_vjp(inputs, backward_state, mask, zero)
+        y, forward_back = self.forward_layer.run_vjp(inputs, forward_state, mask, zero, keep_steps)
+        y_rev, backward_back = self.backward_layer.run_vjp(
+            inputs, backward_state, mask, zero, keep_steps
+        )
         states = []
         count = len(self.forward_layer.cell.state_sizes)
         if self.return_state:
@@ -836,8 +840,8 @@ class Bidirectional(Layer):
 
         def backward(d_output):
             dx, d_initial, grads = run_backward(d_output)
-            if isinstance(inputs, list):
-                return [dx, *d_initial], grads
+            if isinstance(inputs, list):  # [sequences, *forward states, *backward states]
+                return [dx, *d_initial][: len(inputs)], grads
             if bound.get("initial_state") is None:
                 return dx, grads
             return dx, grads, {"args": [d_initial], "kwargs": {"initial_state": d_initial}}
