@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import KerascheckError
-from ..loading.spec import TensorRef
+from ..loading.spec import TensorRef, tensor_refs
 from .base import frozen
 from .graph import Graph, _pick
 
@@ -185,7 +185,7 @@ def _apply(graph, tape, call, d_out, d_pre):
         result = back(d_out)
     d_inputs, d_weights = result[0], result[1]
     extra = result[2] if len(result) > 2 else None
-    if call.first is not None:
+    if call.first is not None and tensor_refs(call.first):
         raise KerascheckError(
             f"layer '{call.layer}' ({graph.layers[call.layer].class_name}) is called with "
             "constants in its first argument; kerascheck's backward does not cover such "

@@ -360,6 +360,14 @@ class OpNode(Layer):
         with np.errstate(all="ignore"):
             return type(self).function(inputs, *args, **self.params)
 
+    def vjp(self, inputs, *args, training=False, noise=None):
+        from .op_gradients import op_vjp
+
+        result = op_vjp(self, inputs, args)
+        if result is None:
+            return super().vjp(inputs, *args)
+        return result
+
 
 def _op(name: str, function, **params) -> type[OpNode]:
     doc = f"Keras 3 `{name}` operation node."
