@@ -343,9 +343,11 @@ def _current(model, keys):
 
 
 def _assign(model, new):
+    """Write the new weights in place: composite layers (attention projections, the two
+    directions of a Bidirectional) share these arrays with their parts."""
     for key, value in new.items():
         layer, weight = key.split("/", 1)
-        model.graph.layers[layer].w[weight] = np.asarray(value, model.context.dtype)
+        model.graph.layers[layer].w[weight][...] = value
 
 
 def _moving(model) -> dict:
@@ -370,7 +372,7 @@ def _update_moving(model, batch_stats):
         for key, stat in (("moving_mean", mean), ("moving_variance", variance)):
             old = layer.w[key]
             stat = np.asarray(stat, old.dtype).reshape(old.shape)
-            layer.w[key] = (old * momentum + stat * (1.0 - momentum)).astype(old.dtype)
+            old[...] = old * momentum + stat * (1.0 - momentum)
 
 
 def _rows(
@@ -472,18 +474,21 @@ def _judge_noise(row, tolerance):
     grads = [t for t in row.tensors if t.tensor.startswith("grad ")]
     floor = CANCELLATION_FLOOR * max((t.keras_norm for t in grads), default=0.0)
     noisy = set()
+    biggest = floor / CANCELLATION_FLOOR
     for tensor in grads:
         stats = tensor.own
-        if stats.ok or tensor.keras_norm > floor / CANCELLATION_FLOOR * 1e-5:
+        if tensor.keras_norm > 1e-5 * biggest:  # a real gradient: judged relatively
             continue
-        diff = stats.rel_error * tensor.keras_norm
-        size = int(np.prod(tensor.shape)) if tensor.shape else 1
-        stats.ok = tolerance.allows(diff, tensor.keras_norm, size, floor)
+        if not stats.ok:
+            diff = stats.rel_error * tensor.keras_norm
+            size = int(np.prod(tensor.shape)) if tensor.shape else 1
+            stats.ok = tolerance.allows(diff, tensor.keras_norm, size, floor)
         if stats.ok:
             noisy.add(tensor.tensor[len("grad ") :])
     for tensor in row.tensors:
-        weight = tensor.tensor.lstrip("Δ").split("/")[0]
-        if weight in noisy and tensor.own is not None and not tensor.own.ok:
+        name = tensor.tensor.lstrip("Δ")
+        weight = next((w for w in noisy if name == w or name.startswith(w + "/")), None)
+        if weight is not None and tensor.own is not None and not tensor.own.ok:
             tensor.carried, tensor.own = tensor.own, None
             tensor.hint = (
                 f"the gradient of {weight} is float32 cancellation noise on both sides "

@@ -295,4 +295,8 @@ def _maybe(value):
         return None
     if isinstance(value, (list, tuple)):
         return [_maybe(v) for v in value]
+    if hasattr(value, "indices") and hasattr(value, "dense_shape"):  # an Embedding's rows
+        import tensorflow as tf
+
+        value = tf.convert_to_tensor(value)
     return np.asarray(value)
