@@ -45,3 +45,41 @@ def test_operation_nodes_backward_match_keras(tmp_path, build, shape):
     first_dense = [row for row in result.rows if row.class_name == "Dense"][-1]
     kernel = next(t for t in first_dense.tensors if t.tensor == "kernel")
     assert kernel.own.rel_error < 1e-5 and kernel.carried.rel_error < 1e-4
+
+
+@pytest.mark.parametrize("build, shape", [(arithmetic, (4,)), (movement, (6, 4))])
+def test_tf_keras_op_lambdas_backward_match_keras(tmp_path, build, shape):
+    """The same models in tf_keras, saved as .h5: TFOpLambda and SlicingOpLambda layers."""
+    import tensorflow as tf
+    import tf_keras
+
+    class Ops:  # tf_keras models spell the operations with tf functions
+        layers = tf_keras.layers
+        Input = tf_keras.Input
+        Model = tf_keras.Model
+
+        class ops:
+            exp, square, negative, tanh, sqrt, abs = (
+                tf.math.exp,
+                tf.math.square,
+                tf.math.negative,
+                tf.math.tanh,
+                tf.math.sqrt,
+                tf.math.abs,
+            )
+            maximum, transpose, expand_dims = tf.math.maximum, tf.transpose, tf.expand_dims
+            reshape = tf.reshape
+
+            @staticmethod
+            def concatenate(values, axis):
+                return tf.concat(values, axis)
+
+    model = build(Ops)
+    path = str(tmp_path / f"{build.__name__}.h5")
+    model.save(path)
+    x = make_input((3, *shape), seed=2)
+    y = np.zeros((3, 2), "float32")
+    spec = kerascheck.load(path).spec
+    assert any(spec.layers[c.layer].class_name.endswith("OpLambda") for c in spec.calls)
+    result = grad_model(path, kerascheck.load(path), [x], [y], loss_option="mse")
+    assert result.first_divergence is None, result.first_divergence

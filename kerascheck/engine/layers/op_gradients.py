@@ -55,12 +55,47 @@ MOVES = {
 }
 
 
-def op_vjp(node, inputs, args):
-    """(output, backward) of one operation node, or None when it has no backward."""
-    kind = type(node).__name__
+# tf_keras' TFOpLambda symbols with the same derivative as a Keras 3 node kind.
+TF_SYMBOLS = {
+    "__operators__.add": "AddOp",
+    "math.add": "AddOp",
+    "math.subtract": "SubtractOp",
+    "math.multiply": "MultiplyOp",
+    "math.truediv": "TrueDivide",
+    "math.divide": "TrueDivide",
+    "math.maximum": "MaximumOp",
+    "math.minimum": "MinimumOp",
+    "math.negative": "Negative",
+    "math.abs": "Absolute",
+    "math.square": "Square",
+    "math.sqrt": "Sqrt",
+    "math.exp": "Exp",
+    "math.log": "Log",
+    "math.tanh": "Tanh",
+    "math.sigmoid": "Sigmoid",
+    "nn.relu": "Relu",
+    "reshape": "ReshapeOp",
+    "concat": "ConcatenateOp",
+    "stack": "Stack",
+    "expand_dims": "ExpandDims",
+    "squeeze": "Squeeze",
+    "compat.v1.squeeze": "Squeeze",
+    "transpose": "Transpose",
+    "compat.v1.transpose": "Transpose",
+    "__operators__.getitem": "GetItem",
+}
+
+
+def op_vjp(node, kind, inputs, args, kwargs=None):
+    """(output, backward) of one operation of `kind`, or None when it has no backward.
+
+    The second operand of a binary operation is `args[0]` (Keras 3) or the keyword `y`
+    (tf_keras); its gradient goes back the same way.
+    """
+    kwargs = kwargs or {}
     if kind in MOVES:
-        return gather_vjp(node, lambda values: node.call(values, *args), inputs)
-    output = node.call(inputs, *args)
+        return gather_vjp(node, lambda values: node.call(values, *args, **kwargs), inputs)
+    output = node.call(inputs, *args, **kwargs)
     dtype = np.asarray(output).dtype
     if kind in UNARY:
         x = np.asarray(inputs, dtype)
@@ -69,14 +104,16 @@ def op_vjp(node, inputs, args):
             return UNARY[kind](x, output, dy).astype(dtype), {}
 
         return output, backward
-    if kind in BINARY and len(args) == 1:
-        a, b = np.asarray(inputs), np.asarray(args[0])
+    by_keyword = not args and "y" in kwargs
+    if kind in BINARY and (len(args) == 1 or by_keyword):
+        a = np.asarray(inputs)
+        b = np.asarray(kwargs["y"] if by_keyword else args[0])
 
         def backward(dy):
             da, db = BINARY[kind](a.astype(dtype), b.astype(dtype), output, dy)
             da = _sum_to_shape(np.asarray(da, dtype), a.shape) if a.ndim else None
             db = _sum_to_shape(np.asarray(db, dtype), b.shape) if b.ndim else None
-            return da, {}, {"args": [db]}
+            return da, {}, ({"kwargs": {"y": db}} if by_keyword else {"args": [db]})
 
         return output, backward
     return None

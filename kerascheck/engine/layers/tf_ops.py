@@ -336,6 +336,15 @@ class TFOpLambda(Layer):
         except TypeError as exc:
             raise self.error(f"cannot call tf.{self.symbol} with the saved arguments: {exc}")
 
+    def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
+        from .op_gradients import TF_SYMBOLS, op_vjp
+
+        kind = TF_SYMBOLS.get(self.symbol)
+        result = None if kind is None else op_vjp(self, kind, inputs, args, kwargs)
+        if result is None:
+            return super().vjp(inputs, *args)
+        return result
+
 
 class SlicingOpLambda(TFOpLambda):
     """tf_keras' layer for `tensor[...]` (`__operators__.getitem`)."""
@@ -363,7 +372,7 @@ class OpNode(Layer):
     def vjp(self, inputs, *args, training=False, noise=None):
         from .op_gradients import op_vjp
 
-        result = op_vjp(self, inputs, args)
+        result = op_vjp(self, type(self).__name__, inputs, args)
         if result is None:
             return super().vjp(inputs, *args)
         return result
