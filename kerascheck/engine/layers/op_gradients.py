@@ -43,6 +43,9 @@ UNARY = {
     "Relu": lambda x, y, dy: dy * (x > 0),
 }
 
+# Comparisons and boolean reductions (the mask ops Keras 3 saves): outputs without a gradient.
+BOOLEAN = {"NotEqual", "Any"}
+
 MOVES = {
     "ReshapeOp",
     "Transpose",
@@ -93,6 +96,9 @@ def op_vjp(node, kind, inputs, args, kwargs=None):
     (tf_keras); its gradient goes back the same way.
     """
     kwargs = kwargs or {}
+    if kind in BOOLEAN:  # a mask: no gradient flows through a comparison
+        output = node.call(inputs, *args, **kwargs)
+        return output, lambda dy: (None, {})
     if kind in MOVES:
         return gather_vjp(node, lambda values: node.call(values, *args, **kwargs), inputs)
     output = node.call(inputs, *args, **kwargs)
