@@ -153,3 +153,23 @@ def test_applications_subset(tmp_path, name, kwargs, shape):
     result = check(path, x, y, deep=True)
     tensors = [t for row in result.rows for t in row.tensors if t.own is not None]
     assert len(tensors) > 100
+
+
+@pytest.mark.parametrize("flavor, ext", [("keras", ".keras"), ("tf_keras", ".h5")])
+def test_a_nested_model_is_differentiated_through_and_its_weights_reported(tmp_path, flavor, ext):
+    k = keras_module(flavor)
+    block = k.Sequential(
+        [k.Input((6, 6, 3)), k.layers.Conv2D(4, 3, activation="relu"), k.layers.Flatten()],
+        name="block",
+    )
+    inputs = k.Input((6, 6, 3))
+    outputs = k.layers.Dense(2, activation="softmax")(block(inputs))
+    model = k.Model(inputs, outputs)
+    randomize_weights(model)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    path = os.path.join(str(tmp_path), f"nested_{flavor}{ext}")
+    model.save(path)
+    result = check(path, make_input((3, 6, 6, 3), seed=5), np.eye(2, dtype="float32")[[0, 1, 0]])
+    row = next(r for r in result.rows if r.name == "block")
+    names = {t.tensor for t in row.tensors}
+    assert {"d_input"} <= names and any(n.endswith("/kernel") for n in names)
