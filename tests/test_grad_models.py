@@ -173,3 +173,23 @@ def test_a_nested_model_is_differentiated_through_and_its_weights_reported(tmp_p
     row = next(r for r in result.rows if r.name == "block")
     names = {t.tensor for t in row.tensors}
     assert {"d_input"} <= names and any(n.endswith("/kernel") for n in names)
+
+
+@pytest.mark.parametrize("flavor, ext", [("keras", ".keras"), ("tf_keras", ".h5")])
+def test_a_shared_layer_sums_its_calls_gradients(tmp_path, flavor, ext):
+    k = keras_module(flavor)
+    first, second = k.Input((5,)), k.Input((5,))
+    shared = k.layers.Dense(4, activation="tanh", name="shared")
+    joined = k.layers.Concatenate()([shared(first), shared(second)])
+    model = k.Model([first, second], k.layers.Dense(2)(joined))
+    randomize_weights(model)
+    model.compile(optimizer="sgd", loss="mse")
+    path = os.path.join(str(tmp_path), f"shared_{flavor}{ext}")
+    model.save(path)
+    x = [make_input((3, 5), seed=6), make_input((3, 5), seed=7)]
+    y = make_input((3, 2), seed=8)
+    result = grad_model(path, kerascheck.load(path), x, [y])
+    assert result.first_divergence is None, result.first_divergence
+    rows = {row.name: {t.tensor for t in row.tensors} for row in result.rows}
+    assert "kernel" in rows["shared#1"] and "kernel" not in rows["shared"]
+    assert "d_input" in rows["shared"] and "d_input" in rows["shared#1"]
