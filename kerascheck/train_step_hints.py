@@ -17,6 +17,23 @@ import numpy as np
 
 from .engine.optimizers import get_optimizer
 
+# Hyperparameters every flavor of an optimizer reads the same way.
+SHARED = {
+    "learning_rate",
+    "rho",
+    "momentum",
+    "epsilon",
+    "centered",
+    "beta_1",
+    "beta_2",
+    "amsgrad",
+    "nesterov",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "adaptive_epsilon",
+}
+
 
 def alternatives(config, flavor, weights, grads, state, batch: int) -> dict:
     """{mistake: new weights} for the plausible mistakes of this optimizer."""
@@ -26,9 +43,7 @@ def alternatives(config, flavor, weights, grads, state, batch: int) -> dict:
 
     def run(label, options=options, variant=flavor, g=grads, st=state, after=None):
         if variant != flavor:  # another flavor's formula: keep only the shared settings
-            options = {
-                k: v for k, v in options.items() if v is not None and k != "is_legacy_optimizer"
-            }
+            options = {k: v for k, v in options.items() if k in SHARED and v is not None}
         try:
             optimizer = get_optimizer({"class_name": name, "config": options}, variant)
             new, _ = optimizer.step(weights, g, _copy(st))
@@ -50,13 +65,13 @@ def alternatives(config, flavor, weights, grads, state, batch: int) -> dict:
         coupled = {k: g + decay * weights[k] for k, g in grads.items()}
         run(
             "weight decay coupled into the gradient (L2, g + wd*w) where Keras decouples it",
-            {**options, "weight_decay": None},
+            {**options, "weight_decay": 0.0},
             g=coupled,
         )
         lr = float(options.get("learning_rate", 0.001))
         run(
             "weight decay applied after the update instead of before it",
-            {**options, "weight_decay": None},
+            {**options, "weight_decay": 0.0},
             after=lambda new: {k: w - lr * decay * w for k, w in new.items()},
         )
     for mode, other in (("clipnorm", "global_clipnorm"), ("global_clipnorm", "clipnorm")):

@@ -234,3 +234,52 @@ def test_one_adam_step_of_a_text_classifier_and_a_transformer_block(tmp_path, fl
     assert result.status == "match", result.first_divergence
     updates = [t for r in result.rows for t in r.tensors if t.tensor.startswith("Δ")]
     assert len(updates) >= 6 and all(t.status != "mismatch" for t in updates)
+
+
+def _keras_adam_step(w, g, lr, b1=0.9, b2=0.999, eps=1e-7):
+    """Keras' first Adam step from zero state, written out (epsilon-hat form)."""
+    m, v = (1 - b1) * g, (1 - b2) * g * g
+    return w - lr * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + eps)
+
+
+MISTAKES = {
+    # name: (optimizer, the user's step written by hand, words of the expected hint)
+    "rmsprop-epsilon-outside": (
+        lambda k: k.optimizers.RMSprop(0.01, epsilon=0.01),
+        lambda w, g: w - 0.01 * g / (np.sqrt(0.1 * g * g) + 0.01),
+        "epsilon outside the square root",
+    ),
+    "adamw-coupled-decay": (
+        lambda k: k.optimizers.AdamW(0.01, weight_decay=0.5),
+        lambda w, g: _keras_adam_step(w, g + 0.5 * w, 0.01),
+        "weight decay coupled",
+    ),
+    "gradient-summed-over-batch": (
+        lambda k: k.optimizers.SGD(0.01),
+        lambda w, g: w - 0.01 * 8 * g,
+        "summed over the batch",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_against_names_optimizer_mistakes(tmp_path, name):
+    build, step, words = MISTAKES[name]
+    k = keras_module("keras")
+    model = k.Sequential([k.Input((6,)), k.layers.Dense(3, name="out")])
+    randomize_weights(model)
+    model.compile(optimizer=build(k), loss="mse")
+    x, y = make_input((8, 6), seed=1), make_input((8, 3), seed=2)
+    path = os.path.join(str(tmp_path), f"{name}.keras")
+    model.save(path)
+    from kerascheck.train_step import _engine_gradients
+
+    fresh = kerascheck.load(path)
+    weights = {n: fresh.graph.layers["out"].w[n].astype(np.float64) for n in ("kernel", "bias")}
+    _, grads, _ = _engine_gradients(fresh, fresh_loss(fresh), [x], [y], None, {})
+    mine = {
+        f"new/out/{n}": step(w, grads[f"out/{n}"].astype(np.float64)) for n, w in weights.items()
+    }
+    result = train_step_model(path, kerascheck.load(path), [x], [y], against=mine)
+    hints = [t.hint for r in result.rows for t in r.tensors if t.status == "mismatch"]
+    assert hints and all(h and words in h for h in hints), hints
