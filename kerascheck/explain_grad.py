@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine import activations, backprop
+from .engine import activations
 from .engine.layers import conv, core, pooling
 from .engine.model import EngineModel
 from .engine.windows import padding_amounts, to_channels_last
 from .errors import KerascheckError
 from .explain import Explanation
-from .grad import check_targets, engine_loss, logits_outputs, resolve_loss
+from .grad import check_targets, engine_gradients, resolve_loss
 
 MAX_TERMS = 12
 
@@ -41,17 +41,13 @@ def explain_grad(model: EngineModel, inputs, targets, layer: str, index: str, lo
         position = tuple(int(p) for p in coordinates.split(","))
     except ValueError:
         raise KerascheckError(f"--index expects WEIGHT:i,j,... or i,j,..., found '{index}'")
-    tape = backprop.forward(model.graph, inputs, True)
-    logits = logits_outputs(model, loss_fn, tape.backwards)
-    _, d_outputs, d_pre = engine_loss(
-        model, loss_fn, tape.outputs, tape.backwards, targets, None, logits
-    )
-    grads = backprop.backward(model.graph, tape, d_outputs, d_pre)
+    engine = engine_gradients(model, loss_fn, inputs, targets, None, True, None)
+    tape, grads = engine.tape, engine.gradients
     engine_layer = model.graph.layers[call.layer]
     x = _call_input(model, tape, call, inputs)
     back = tape.backwards[call.name]
-    if call.name in d_pre:
-        dz = d_pre[call.name]
+    if call.name in engine.logits:  # the loss was taken from this call's logits
+        dz = engine.d_logits[call.name]
     else:
         dy = grads.d_outputs.get(call.name)
         if dy is None:

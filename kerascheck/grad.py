@@ -281,6 +281,38 @@ def logits_outputs(model: EngineModel, loss, backwards: dict) -> dict:
 
 
 @dataclass
+class EngineGradients:
+    """The engine's side of one batch: its training-mode forward, loss and backward."""
+
+    tape: backprop.Tape
+    logits: dict  # {output call: logits} where the loss was taken from them
+    d_logits: dict  # {output call: dL/d logits} on that path
+    value: float  # the loss, regularization included
+    penalties: float  # the regularization part of `value`
+    weight_penalty_grads: dict  # {layer: {weight: d penalty / dw}}
+    gradients: backprop.Gradients | None  # None when not differentiated (`backward=False`)
+
+
+def engine_gradients(
+    model, loss, inputs, targets, sample_weight, training, noise, backward=True
+) -> EngineGradients:
+    """Forward, loss (from the logits where `fit` takes them), regularization, backward:
+    the engine's chain end to end, shared by `grad` and `train-step`."""
+    tape = backprop.forward(model.graph, inputs, training, noise)
+    logits = logits_outputs(model, loss, tape.backwards)
+    pure, d_outputs, d_pre = engine_loss(
+        model, loss, tape.outputs, tape.backwards, targets, sample_weight, logits
+    )
+    value, weight_grads = add_regularization(model, pure)
+    value, activity = activity_regularization(model, tape, value)
+    gradients = None
+    if backward:
+        gradients = backprop.backward(model.graph, tape, d_outputs, d_pre, activity)
+        add_weight_grads(gradients.weights, weight_grads)
+    return EngineGradients(tape, logits, d_pre, value, value - pure, weight_grads, gradients)
+
+
+@dataclass
 class GradReference:
     """One side's forward values and gradients, against which a user's arrays are judged
     (`--against`): Keras' tape, or the engine alone with `--reference numpy`."""
@@ -334,16 +366,11 @@ def grad_model(
         raise KerascheckError("--reference numpy checks your arrays: it needs --against")
 
     start = time.perf_counter()
-    tape = backprop.forward(graph, inputs, training, keras.noise if keras else None)
-    logits = logits_outputs(model, loss, tape.backwards)
-    value, d_outputs, d_pre = engine_loss(
-        model, loss, tape.outputs, tape.backwards, targets, sample_weight, logits
+    engine = engine_gradients(
+        model, loss, inputs, targets, sample_weight, training, keras.noise if keras else None
     )
-    pure = value
-    value, reg_grads = _add_regularization(model, value)
-    value, activity = _activity_regularization(model, tape, value)
-    carried = backprop.backward(graph, tape, d_outputs, d_pre, activity)
-    _add_weight_grads(carried.weights, reg_grads)
+    tape, logits, value, carried = engine.tape, engine.logits, engine.value, engine.gradients
+    reg_grads = engine.weight_penalty_grads
     engine_seconds = time.perf_counter() - start
 
     if against is not None:
@@ -359,14 +386,22 @@ def grad_model(
         fed = backprop.forward(graph, inputs, training, keras.noise, feed=keras.per_call)
         own_pre = {name: keras.d_logits.get(name) for name in logits if name in keras.d_logits}
         own = backprop.own_backward(graph, fed, keras.d_outputs, own_pre)
-        _add_weight_grads(own.weights, reg_grads)
+        add_weight_grads(own.weights, reg_grads)
         rows = _rows(model, keras, own, carried, policy)
         if float64:
             _add_float64_truth(rows, model, keras, inputs, training, logits, reg_grads, own)
         rows.insert(
             0,
             _loss_row(
-                model, loss, keras, targets, sample_weight, value, value - pure, tolerance, logits
+                model,
+                loss,
+                keras,
+                targets,
+                sample_weight,
+                value,
+                engine.penalties,
+                tolerance,
+                logits,
             ),
         )
     result = GradResult(
@@ -437,7 +472,7 @@ def _engine_reference(model, tape, carried, value, inputs) -> GradReference:
     )
 
 
-def _activity_regularization(model, tape, value):
+def activity_regularization(model, tape, value):
     """Activity penalties (divided by the batch size, as Keras does) and their gradients
     with respect to each regularized call's output."""
     from .engine.regularizers import activity_penalty_and_grad
@@ -456,7 +491,7 @@ def _activity_regularization(model, tape, value):
     return value, grads
 
 
-def _add_regularization(model, value):
+def add_regularization(model, value):
     from .engine.regularizers import penalty_and_grads
 
     grads = {}
@@ -468,7 +503,7 @@ def _add_regularization(model, value):
     return value, grads
 
 
-def _add_weight_grads(weights, extra):
+def add_weight_grads(weights, extra):
     for layer, grads in extra.items():
         into = weights.setdefault(layer, {})
         for name, grad in grads.items():
@@ -593,7 +628,7 @@ def _add_float64_truth(rows, model, keras, inputs, training, logits, reg_grads, 
     d_outputs = {name: wide(v) for name, v in keras.d_outputs.items()}
     pre = {name: wide(keras.d_logits.get(name)) for name in logits if name in keras.d_logits}
     exact = backprop.own_backward(exact_model.graph, fed, d_outputs, pre)
-    _add_weight_grads(exact.weights, reg_grads)
+    add_weight_grads(exact.weights, reg_grads)
     for row in rows:
         for tensor in row.tensors:
             truth, mine, theirs = _float64_pair(row.name, tensor.tensor, exact, own, keras, model)

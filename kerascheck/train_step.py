@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import backprop
 from .engine.model import EngineModel
-from .engine.optimizers import get_optimizer
+from .engine.optimizers import copy_state, get_optimizer
 from .errors import KerascheckError
 from .grad import (
     CANCELLATION_FLOOR,
@@ -34,16 +33,12 @@ from .grad import (
     GradTolerance,
     TensorRow,
     TensorStats,
-    _activity_regularization,
-    _add_regularization,
-    _add_weight_grads,
     check_targets,
-    engine_loss,
-    logits_outputs,
+    engine_gradients,
     resolve_loss,
 )
 
-NON_TRAINABLE = {"moving_mean", "moving_variance"}
+MOVING_STATISTICS = ("moving_mean", "moving_variance")  # updated by the layer, not trained
 # Keras 3 builds some slots in separate passes over the variables; each group is laid
 # out variable by variable in `optimizer/vars`, one group after the other.
 KERAS3_SLOT_GROUPS = {
@@ -228,7 +223,7 @@ def train_step_model(
     state = file_state(model, optimizer, keys) if use_state else optimizer.init_state(weights)
     if against is not None:
         _check_against_keys(against, keys, steps)
-        start_state = _copy_state(state)
+        start_state = copy_state(state)
     state_from = "the file" if use_state else "zero (a fresh optimizer)"
     flavor, _ = choose_oracle(model.spec, oracle)
     runner = KerasGradientRunner(
@@ -315,27 +310,24 @@ def train_step_model(
 
 
 def _engine_gradients(model, loss, xb, yb, wb, noise=None):
-    """(loss value, {layer/weight: gradient}, {call: (batch mean, batch variance)})."""
+    """(loss value, {layer/weight: gradient}, {layer: batch statistics}); with `noise`
+    None, the loss in inference mode only."""
     training = noise is not None
-    tape = backprop.forward(model.graph, xb, training, noise)
-    logits = logits_outputs(model, loss, tape.backwards)
-    value, d_outputs, d_pre = engine_loss(model, loss, tape.outputs, tape.backwards, yb, wb, logits)
-    value, reg = _add_regularization(model, value)
-    value, activity = _activity_regularization(model, tape, value)
+    engine = engine_gradients(model, loss, xb, yb, wb, training, noise, backward=training)
     if not training:
-        return value, {}, {}
-    grads = backprop.backward(model.graph, tape, d_outputs, d_pre, activity)
-    _add_weight_grads(grads.weights, reg)
-    flat = {f"{layer}/{w}": g for layer, ws in grads.weights.items() for w, g in ws.items()}
+        return engine.value, {}, {}
+    flat = {
+        f"{layer}/{w}": g for layer, ws in engine.gradients.weights.items() for w, g in ws.items()
+    }
     stats = {}
     for call in model.spec.calls:
-        back = tape.backwards[call.name]
+        back = engine.tape.backwards[call.name]
         mean = getattr(back, "batch_mean", None)
         if mean is not None:
-            output = tape.per_call[call.name]
+            output = engine.tape.per_call[call.name]
             count = np.size(output) // max(np.size(mean), 1)
             stats[call.layer] = (mean, back.batch_variance, count, np.ndim(output))
-    return value, flat, stats
+    return engine.value, flat, stats
 
 
 def _current(model, keys):
@@ -352,9 +344,9 @@ def _assign(model, new):
 
 def _moving(model) -> dict:
     return {
-        name: {w: layer.w[w].copy() for w in NON_TRAINABLE if w in layer.w}
+        name: {w: layer.w[w].copy() for w in MOVING_STATISTICS if w in layer.w}
         for name, layer in model.graph.layers.items()
-        if any(w in layer.w for w in NON_TRAINABLE)
+        if any(w in layer.w for w in MOVING_STATISTICS)
     }
 
 
@@ -530,13 +522,6 @@ def _check_against_keys(mine: dict, keys, steps: int) -> None:
         )
     if steps != 1:
         raise KerascheckError(f"--against checks one step: use --steps 1, found {steps}")
-
-
-def _copy_state(state):
-    return {
-        **state,
-        "slots": {k: {n: np.array(v) for n, v in s.items()} for k, s in state["slots"].items()},
-    }
 
 
 def _against_rows(

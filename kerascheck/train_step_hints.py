@@ -13,9 +13,7 @@ gradient scaled by the usual factors (the batch size, 2 or 1/2, the sign).
 
 from __future__ import annotations
 
-import numpy as np
-
-from .engine.optimizers import get_optimizer
+from .engine.optimizers import copy_state, get_optimizer
 
 # Hyperparameters every flavor of an optimizer reads the same way.
 SHARED = {
@@ -46,7 +44,7 @@ def alternatives(config, flavor, weights, grads, state, batch: int) -> dict:
             options = {k: v for k, v in options.items() if k in SHARED and v is not None}
         try:
             optimizer = get_optimizer({"class_name": name, "config": options}, variant)
-            new, _ = optimizer.step(weights, g, _copy(st))
+            new, _ = optimizer.step(weights, g, copy_state(st))
         except Exception:  # a variant this optimizer cannot express: no such mistake
             return
         found[label] = after(new) if after else new
@@ -110,10 +108,3 @@ def explain(user_new, key, before, found, tolerance, stats_of) -> str | None:
         if key in new and stats_of(user_new - before, new[key] - before, tolerance).ok:
             return label
     return None
-
-
-def _copy(state):
-    return {
-        **state,
-        "slots": {k: {n: np.array(v) for n, v in s.items()} for k, s in state["slots"].items()},
-    }

@@ -921,6 +921,13 @@ def supported_optimizers(flavor: str | None = None) -> list[str]:
     return sorted(n for n, cls in REGISTRY.items() if flavor is None or flavor in cls.flavors)
 
 
+def copy_state(state: dict) -> dict:
+    """An independent copy of an optimizer state (slots are updated in place by `step`'s
+    caller otherwise sharing them)."""
+    slots = {k: {n: np.array(v) for n, v in s.items()} for k, s in state.get("slots", {}).items()}
+    return {**state, "slots": slots}
+
+
 def get_optimizer(config, flavor: str) -> Optimizer:
     """The optimizer a model file stores, computed as Keras `flavor` computes it.
 

@@ -78,33 +78,18 @@ class DenseAttention(Layer):
         return_attention_scores=False,
         use_causal_mask=False,
     ):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
-            raise self.error("expected a list [query, value] or [query, value, key]")
-        query, value = inputs[0], inputs[1]
-        key = inputs[2] if len(inputs) > 2 else value
-        query_mask = mask[0] if mask else None
-        value_mask = mask[1] if mask else None
-        scores = self.scores(query, key)
-        scores_mask = merge_masks(
-            None if value_mask is None else np.expand_dims(value_mask, -2),
-            causal_mask(*scores.shape[-2:]) if self.causal or use_causal_mask else None,
+        """The forward of `vjp` (one implementation of the masking and the softmax)."""
+        output, _ = self.vjp(
+            inputs,
+            mask,
+            return_attention_scores=return_attention_scores,
+            use_causal_mask=use_causal_mask,
         )
-        if scores_mask is not None:
-            offset = np.asarray(_score_offset(scores.dtype), dtype=scores.dtype)
-            scores = np.where(scores_mask, scores, scores - offset)
-        weights = activations.softmax(scores, axis=-1)
-        output = np.matmul(weights, value)
-        if query_mask is not None:
-            keep = np.expand_dims(query_mask, -1).astype(bool)
-            output = np.where(keep, output, np.zeros((), output.dtype))
-        return [output, weights] if return_attention_scores else output
+        return output
 
     def compute_mask(self, inputs, mask):
         """The query's mask carries on (Keras' `compute_mask` returns `mask[0]`)."""
         return mask[0] if mask else None
-
-    def scores(self, query, key):
-        raise NotImplementedError
 
     def scores_vjp(self, query, key):
         """(scores, backward `d_scores -> (d_query, d_key, d_weights)`)."""
@@ -186,15 +171,6 @@ class Attention(DenseAttention):
             shapes.append(("concat_score_weight", ()))
         return shapes
 
-    def scores(self, query, key):
-        if self.score_mode == "dot":
-            scores = np.matmul(query, np.swapaxes(key, -2, -1))
-            return scores * self.w["scale"] if self.use_scale else scores
-        summed = np.expand_dims(query, -2) + np.expand_dims(key, -3)
-        if self.use_scale:
-            summed = self.w["scale"] * summed
-        return self.w["concat_score_weight"] * np.sum(np.tanh(summed), axis=-1)
-
     def scores_vjp(self, query, key):
         if self.score_mode == "dot":
             product = np.matmul(query, np.swapaxes(key, -2, -1))
@@ -234,12 +210,6 @@ class AdditiveAttention(DenseAttention):
 
     def weight_shapes(self, input_shape):
         return [("scale", (input_shape[0][-1],))] if self.use_scale else []
-
-    def scores(self, query, key):
-        activated = np.tanh(np.expand_dims(query, -2) + np.expand_dims(key, -3))
-        if self.use_scale:
-            activated = self.w["scale"] * activated
-        return np.sum(activated, axis=-1)
 
     def scores_vjp(self, query, key):
         tanh = np.tanh(np.expand_dims(query, -2) + np.expand_dims(key, -3))
