@@ -96,7 +96,7 @@ def measure(name, model, shape, dtype, workdir, repeat):
     noise = {c.name: None for c in engine.spec.calls}  # training mode, the engine's own masks
 
     def engine_step():
-        _, grads, _ = _engine_gradients(engine, loss, [x], [y], None, noise)
+        grads = _engine_gradients(engine, loss, [x], [y], None, noise).grads
         new, state["value"] = optimizer.step(_current(engine, keys), grads, state["value"])
         _assign(engine, new)
 

@@ -689,9 +689,17 @@ def _loss_option(model, loss, from_logits):
     "against_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Check your own weights after one step (.npz keys new/<layer>/<weight>).",
+    help="Check your own weights after one step (.npz keys new/<layer>/<weight>; "
+    "optional loss, grad/..., d/... as in grad).",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="JSON report.")
+@click.option(
+    "--reference",
+    type=click.Choice(["keras", "numpy"]),
+    default="keras",
+    show_default=True,
+    help="What --against weights are judged against; numpy runs without TensorFlow.",
+)
+@report_options
 @ORACLE_OPTION
 @friendly_errors
 def train_step(
@@ -717,7 +725,10 @@ def train_step(
     rtol,
     save_weights,
     against_path,
+    reference,
     json_path,
+    junit_path,
+    markdown_path,
     oracle,
 ):
     """Check N training steps (forward, backward, optimizer) against Keras, weight by weight.
@@ -728,7 +739,12 @@ def train_step(
     from .grad import DEFAULT_GRAD_RTOL, GradTolerance
     from .inputs import read_inputs
     from .report.json_report import dumps
-    from .report.train_step_report import train_step_json, train_step_table
+    from .report.train_step_report import (
+        train_step_json,
+        train_step_junit,
+        train_step_markdown,
+        train_step_table,
+    )
     from .targets import read_sample_weight, read_targets
     from .train_step import train_step_model
 
@@ -770,8 +786,11 @@ def train_step(
         tolerance=GradTolerance(rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol),
         save=save_weights is not None,
         against=_read_arrays(against_path) if against_path else None,
+        reference=reference,
     )
     _write(json_path, dumps(train_step_json(result)) + "\n")
+    _write(junit_path, train_step_junit(result))
+    _write(markdown_path, train_step_markdown(result))
     if save_weights:
         np.savez(save_weights, **result.saved)
     _console().print(train_step_table(result))

@@ -391,6 +391,13 @@ class Explainer:
                     deltas[label] = deltas.get(label, 0) + delta
         return [(label, expected + delta) for label, delta in deltas.items()]
 
+    def weight_alternatives(self, layer_name, tensor, expected) -> list[tuple[str, np.ndarray]]:
+        """(hint, gradient) for each named mistake a weight's gradient can have."""
+        given = Supplied(f"grad/{layer_name}/{tensor}", "grad", layer_name, tensor, expected)
+        found = self._weight_candidates(layer_name, tensor, expected)
+        found += _generic_candidates(given, expected, self.layout)
+        return [(HINTS[label], value) for label, value in found]
+
     def _inherited(self, given, expected) -> str | None:
         """'Follows from your d/<upstream>' when this step's correct backward of the user's
         own (failing) upstream gradient reproduces their array."""
@@ -447,13 +454,14 @@ class Explainer:
         alpha = float(np.sum(user * expected)) / scale
         if not TensorStats.of(user, alpha * expected, self.tolerance).ok:
             return None
-        return grad_hints.name_factor(alpha, self._factors())
+        return grad_hints.name_factor(alpha, self.factors())
 
-    def _factors(self) -> dict[str, float]:
+    def factors(self, learning_rate: bool = True) -> dict[str, float]:
         batch = int(np.shape(self.ref.inputs[self.model.spec.calls[0].name][0])[0])
         output = self.ref.outputs[next(iter(self.output_calls))]
         depth = int(np.shape(output)[-1]) if np.ndim(output) >= 2 else 1
-        return grad_hints.scale_factors(batch, depth, _learning_rate(self.model.spec))
+        rate = _learning_rate(self.model.spec) if learning_rate else None
+        return grad_hints.scale_factors(batch, depth, rate)
 
 
 def _generic_candidates(given, expected, layout) -> list[tuple[str, np.ndarray]]:

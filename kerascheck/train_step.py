@@ -33,6 +33,8 @@ from .grad import (
     GradTolerance,
     TensorRow,
     TensorStats,
+    _engine_reference,
+    _keras_reference,
     check_targets,
     engine_gradients,
     resolve_loss,
@@ -69,6 +71,7 @@ class TrainStepResult:
     engine_seconds: float = 0.0
     keras_seconds: float = 0.0
     saved: dict | None = None
+    subject: str = "engine"  # or "your weights" (--against)
 
     @property
     def first_divergence(self) -> dict | None:
@@ -95,10 +98,12 @@ def trainable_keys(model: EngineModel) -> list[tuple[str, str]]:
 
 
 def flavor_of(model: EngineModel, config) -> str:
+    """Whose formulas: tf_keras deserializes a non-empty optimizer config without
+    `is_legacy_optimizer` (every `.h5` file's) as a legacy optimizer."""
     if model.spec.keras_major >= 3:
         return "keras3"
     inner = config.get("config", {}) if isinstance(config, dict) else {}
-    if inner.get("is_legacy_optimizer"):
+    if inner and inner.get("is_legacy_optimizer", True):
         return "tf_keras_legacy"
     return "tf_keras"
 
@@ -118,8 +123,11 @@ def resolve_optimizer(model: EngineModel, name: str | None, overrides: dict, fre
         )
     if isinstance(config, str):
         config = {"class_name": config, "config": {}}
+    flavor = flavor_of(model, config)
     config = {**config, "config": {**config.get("config", {}), **overrides}}
-    optimizer = get_optimizer(config, flavor_of(model, config))
+    if flavor != "keras3":  # the same choice on Keras' side, whatever the flags add
+        config["config"]["is_legacy_optimizer"] = flavor == "tf_keras_legacy"
+    optimizer = get_optimizer(config, flavor)
     keras_config = {"class_name": optimizer.name, "config": dict(config["config"])}
     use_file_state = not fresh and not name and not overrides and training.get("state")
     return keras_config, optimizer, where, bool(use_file_state)
@@ -169,6 +177,9 @@ def _named_state(named, optimizer, keys, state):
         if base.split("/")[-1] in ("iteration", "iter"):
             state["iterations"] = int(np.asarray(array))
             continue
+        if base.split("/")[-1] == "momentum_cache":  # legacy Nadam's running product
+            state["u_product"] = np.asarray(array)
+            continue
         parts = base.split("/")
         match = _match_slot(parts, by_file, keys)
         if match is None:
@@ -208,9 +219,11 @@ def train_step_model(
     tolerance: GradTolerance | None = None,
     save: bool = False,
     against: dict | None = None,
+    reference: str = "keras",
 ) -> TrainStepResult:
-    from .oracle import choose_oracle
-    from .oracle.gradients import KerasGradientRunner
+    """N steps on both sides; with `against`, the user's one step judged against Keras'
+    (or, with `reference="numpy"`, the engine's, and TensorFlow never imported)."""
+    from . import train_step_against
 
     tolerance = tolerance or GradTolerance()
     loss, identifier, loss_from = resolve_loss(model, loss_option)
@@ -219,18 +232,26 @@ def train_step_model(
     config, optimizer, optimizer_from, use_state = resolve_optimizer(
         model, optimizer_name, overrides or {}, fresh
     )
-    weights = {f"{layer}/{w}": model.graph.layers[layer].w[w] for layer, w in keys}
+    weights = _current(model, keys)
     state = file_state(model, optimizer, keys) if use_state else optimizer.init_state(weights)
     if against is not None:
-        _check_against_keys(against, keys, steps)
-        start_state = copy_state(state)
+        train_step_against.check_keys(against, model, keys, moving_keys(model), steps)
+    elif reference == "numpy":
+        raise KerascheckError("--reference numpy checks your weights: it needs --against")
+    start_state = copy_state(state)
     state_from = "the file" if use_state else "zero (a fresh optimizer)"
-    flavor, _ = choose_oracle(model.spec, oracle)
-    runner = KerasGradientRunner(
-        path, model.spec, flavor, identifier, optimizer="file" if use_state else config
-    )
-    before_keras = runner.weights()
-    before_engine = {k: v.copy() for k, v in weights.items()}
+    runner, flavor, version = None, "numpy", "engine"
+    if reference != "numpy":
+        from .oracle import choose_oracle
+        from .oracle.gradients import KerasGradientRunner
+
+        flavor, _ = choose_oracle(model.spec, oracle)
+        runner = KerasGradientRunner(
+            path, model.spec, flavor, identifier, optimizer="file" if use_state else config
+        )
+        version = runner.version
+    before_keras = runner.weights() if runner else None
+    before_engine = _all_weights(model)
     moving_before = _moving(model)
     noise_calls = [c.name for c in model.spec.calls if model.graph.layers[c.layer].uses_noise]
     total = int(inputs[0].shape[0])
@@ -238,59 +259,69 @@ def train_step_model(
     starts = list(range(0, total, step_size))
     losses = {"keras": [], "engine": []}
     engine_seconds = keras_seconds = 0.0
+    keras = None
     for number in range(steps):
         offset = starts[number % len(starts)]
         xb = [a[offset : offset + step_size] for a in inputs]
         yb = [t[offset : offset + step_size] for t in targets]
         wb = None if sample_weight is None else sample_weight[offset : offset + step_size]
-        keras = runner.gradients(xb, yb, wb, True, noise_calls)
-        last_keras_grads = keras.weights
-        runner.apply(keras)
-        keras_seconds += keras.seconds
-        losses["keras"].append(keras.loss)
+        if runner is not None:
+            keras = runner.gradients(xb, yb, wb, True, noise_calls)
+            runner.apply(keras)
+            keras_seconds += keras.seconds
+            losses["keras"].append(keras.loss)
         start = time.perf_counter()
-        value, grads, batch_stats = _engine_gradients(model, loss, xb, yb, wb, keras.noise)
-        new, state = optimizer.step(_current(model, keys), grads, state)
-        last_grads = grads
+        step = _engine_gradients(model, loss, xb, yb, wb, keras.noise if keras else {})
+        if against is not None:
+            grad_ref = (
+                _keras_reference(model, keras, xb)
+                if keras is not None
+                else _engine_reference(
+                    model, step.engine.tape, step.engine.gradients, step.value, xb
+                )
+            )
+            grad_ref.layer_weights = {
+                n: {w: v.copy() for w, v in ws.items()} for n, ws in grad_ref.layer_weights.items()
+            }
+        new, state = optimizer.step(_current(model, keys), step.grads, state)
         _assign(model, new)
-        _update_moving(model, batch_stats)
+        _update_moving(model, step.stats)
         engine_seconds += time.perf_counter() - start
-        losses["engine"].append(value)
-    final_keras = runner.gradients(inputs, targets, sample_weight, False, ())
-    losses["keras"].append(final_keras.loss)
-    losses["engine"].append(_engine_gradients(model, loss, inputs, targets, sample_weight)[0])
-    rows = _rows(
-        model,
-        keys,
-        runner.weights(),
-        before_keras,
-        before_engine,
-        moving_before,
-        state,
-        runner,
-        optimizer,
-        tolerance,
-        (last_grads, last_keras_grads),
-    )
+        losses["engine"].append(step.value)
+    if runner is not None:
+        final_keras = runner.gradients(inputs, targets, sample_weight, False, ())
+        losses["keras"].append(final_keras.loss)
+    losses["engine"].append(_engine_gradients(model, loss, inputs, targets, sample_weight).value)
     if against is not None:
-        rows = _against_rows(
-            against,
+        ref = train_step_against.StepReference(
+            name=flavor if runner else "numpy",
+            before=before_engine,
+            after=_flat(model, runner.weights()) if runner else _all_weights(model),
+            grads=_flat_grads(model, keras.weights) if runner else step.grads,
+            state=start_state,
+            batch_stats={k: _used_stats(model, k, v) for k, v in step.stats.items()},
+            grad_ref=grad_ref,
+        )
+        rows = train_step_against.rows(against, model, ref, config, optimizer, step_size, tolerance)
+    else:
+        rows = _rows(
             model,
             keys,
-            before_engine,
             runner.weights(),
-            config,
+            before_keras,
+            before_engine,
+            moving_before,
+            state,
+            runner,
             optimizer,
-            start_state,
-            last_keras_grads,
-            step_size,
             tolerance,
+            (step.grads, keras.weights),
         )
     result = TrainStepResult(
         model_path=path,
         keras_version=model.spec.keras_version,
         oracle=flavor,
-        oracle_version=runner.version,
+        oracle_version=version,
         optimizer=optimizer.name,
         optimizer_from=optimizer_from,
         state_from=state_from,
@@ -303,19 +334,28 @@ def train_step_model(
         tolerance=tolerance,
         engine_seconds=engine_seconds,
         keras_seconds=keras_seconds,
+        subject="engine" if against is None else "your weights",
     )
     if save:
-        result.saved = _saved(model, keys, runner.weights())
+        result.saved = _saved(model, keys, runner.weights() if runner else None)
     return result
 
 
+@dataclass
+class EngineStep:
+    value: float  # the loss
+    grads: dict  # {layer/weight: gradient}
+    stats: dict  # {layer: (batch mean, biased batch variance, count, rank)}
+    engine: object = None  # grad.EngineGradients
+
+
 def _engine_gradients(model, loss, xb, yb, wb, noise=None):
-    """(loss value, {layer/weight: gradient}, {layer: batch statistics}); with `noise`
-    None, the loss in inference mode only."""
+    """The loss, the weight gradients and each BatchNormalization's batch statistics;
+    with `noise` None, the loss in inference mode only."""
     training = noise is not None
     engine = engine_gradients(model, loss, xb, yb, wb, training, noise, backward=training)
     if not training:
-        return engine.value, {}, {}
+        return EngineStep(engine.value, {}, {}, engine)
     flat = {
         f"{layer}/{w}": g for layer, ws in engine.gradients.weights.items() for w, g in ws.items()
     }
@@ -327,7 +367,7 @@ def _engine_gradients(model, loss, xb, yb, wb, noise=None):
             output = engine.tape.per_call[call.name]
             count = np.size(output) // max(np.size(mean), 1)
             stats[call.layer] = (mean, back.batch_variance, count, np.ndim(output))
-    return engine.value, flat, stats
+    return EngineStep(engine.value, flat, stats, engine)
 
 
 def _current(model, keys):
@@ -351,20 +391,62 @@ def _moving(model) -> dict:
 
 
 def _update_moving(model, batch_stats):
-    """`moving = momentum * moving + (1 - momentum) * batch`; the moving variance takes the
-    biased batch variance in Keras 3, and in tf_keras too except for 4-D inputs, whose
-    fused kernel returns the unbiased one (`n / (n - 1)`)."""
-    for name, (mean, variance, count, rank) in batch_stats.items():
+    """`moving = momentum * moving + (1 - momentum) * batch` (see `_used_stats`)."""
+    for name, stats in batch_stats.items():
         layer = model.graph.layers[name]
         if "moving_mean" not in layer.w or layer.config.get("trainable", True) is False:
             continue
         momentum = float(layer.config.get("momentum", 0.99))
-        if model.spec.keras_major < 3 and rank == 4 and count > 1:
-            variance = variance * count / (count - 1)
+        mean, variance, _, _ = _used_stats(model, name, stats)
         for key, stat in (("moving_mean", mean), ("moving_variance", variance)):
             old = layer.w[key]
             stat = np.asarray(stat, old.dtype).reshape(old.shape)
             old[...] = old * momentum + stat * (1.0 - momentum)
+
+
+def _used_stats(model, name, stats):
+    """(mean, variance, count, unbiased) as the moving update takes them: the biased batch
+    variance in Keras 3, and in tf_keras too except for 4-D inputs, whose fused kernel
+    returns the unbiased one (`n / (n - 1)`)."""
+    mean, variance, count, rank = stats
+    unbiased = model.spec.keras_major < 3 and rank == 4 and count > 1
+    if unbiased:
+        variance = variance * count / (count - 1)
+    return mean, variance, count, unbiased
+
+
+def moving_keys(model) -> list[tuple[str, str]]:
+    return [
+        (name, w)
+        for name, layer in model.graph.layers.items()
+        for w in MOVING_STATISTICS
+        if w in layer.w
+    ]
+
+
+def _all_weights(model) -> dict:
+    """{layer/weight: a copy} of every trainable weight and moving statistic."""
+    keys = [*trainable_keys(model), *moving_keys(model)]
+    return {f"{layer}/{w}": model.graph.layers[layer].w[w].copy() for layer, w in keys}
+
+
+def _flat(model, by_index) -> dict:
+    """Keras' {layer: [weights by index]} as {layer/weight: value}."""
+    out = {}
+    for layer, values in by_index.items():
+        for name, value in zip(model.graph.layers[layer].w, values):
+            out[f"{layer}/{name}"] = value
+    return out
+
+
+def _flat_grads(model, by_index) -> dict:
+    names = {layer: list(model.graph.layers[layer].w) for layer in by_index}
+    return {
+        f"{layer}/{names[layer][i]}": g
+        for layer, grads in by_index.items()
+        for i, g in grads.items()
+        if g is not None
+    }
 
 
 def _rows(
@@ -489,10 +571,12 @@ def _judge_noise(row, tolerance):
 
 
 def _find_slot(slots, layer, weight, slot, file_name):
-    """Keras' slot variable: `adam/dense_kernel_momentum` (Keras 3), `m/dense/kernel:0`."""
+    """Keras' slot variable: `adam/dense_kernel_momentum` (Keras 3), `m/dense/kernel:0`
+    (tf_keras), `dense/kernel/m:0` (legacy)."""
     wanted = [
         re.compile(rf"(^|/|_){re.escape(layer)}_{re.escape(weight)}_{re.escape(slot)}$"),
         re.compile(rf"(^|/){re.escape(file_name)}/{re.escape(layer)}/{re.escape(weight)}(:0)?$"),
+        re.compile(rf"(^|/){re.escape(layer)}/{re.escape(weight)}/{re.escape(file_name)}(:0)?$"),
     ]
     for name, value in slots.items():
         if any(p.search(name) for p in wanted):
@@ -508,73 +592,7 @@ def _saved(model, keys, after_keras) -> dict:
     arrays = {}
     for layer, weight in keys:
         index = list(model.graph.layers[layer].w).index(weight)
-        arrays[f"keras/new/{layer}/{weight}"] = after_keras[layer][index]
+        if after_keras is not None:
+            arrays[f"keras/new/{layer}/{weight}"] = after_keras[layer][index]
         arrays[f"numpy/new/{layer}/{weight}"] = model.graph.layers[layer].w[weight]
     return arrays
-
-
-def _check_against_keys(mine: dict, keys, steps: int) -> None:
-    valid = [f"new/{layer}/{w}" for layer, w in keys]
-    unknown = [k for k in mine if k not in valid and k != "loss"]
-    if unknown:
-        raise KerascheckError(
-            f"--against: expected keys among {valid} (and loss), found unknown {unknown}"
-        )
-    if steps != 1:
-        raise KerascheckError(f"--against checks one step: use --steps 1, found {steps}")
-
-
-def _against_rows(
-    mine,
-    model,
-    keys,
-    before,
-    after_keras,
-    config,
-    optimizer,
-    state,
-    keras_grads,
-    batch,
-    tolerance,
-):
-    """The user's weights after the step, judged by their update against Keras'."""
-    from .train_step_hints import alternatives, explain
-
-    grads = {}
-    for layer, weight in keys:
-        index = list(model.graph.layers[layer].w).index(weight)
-        g = keras_grads.get(layer, {}).get(index)
-        if g is not None:
-            grads[f"{layer}/{weight}"] = g
-    found = None
-    rows = {}
-    for layer, weight in keys:
-        key = f"{layer}/{weight}"
-        if f"new/{key}" not in mine:
-            continue
-        index = list(model.graph.layers[layer].w).index(weight)
-        theirs = after_keras[layer][index].astype(np.float64)
-        ours = np.asarray(mine[f"new/{key}"], np.float64)
-        if ours.shape != theirs.shape:
-            raise KerascheckError(
-                f"--against: new/{key} must have shape {theirs.shape}, found {ours.shape}"
-            )
-        old = before[key].astype(np.float64)
-        stats = TensorStats.of(ours - old, theirs - old, tolerance)
-        hint = None
-        if not stats.ok:
-            if found is None:
-                found = alternatives(config, optimizer.flavor, before, grads, state, batch)
-            hint = explain(ours, key, old, found, tolerance, TensorStats.of)
-        row = rows.setdefault(layer, CallRow(layer, model.graph.layers[layer].class_name))
-        row.tensors.append(
-            TensorRow(
-                f"Δ{weight}",
-                list(theirs.shape),
-                _norm(theirs - old),
-                carried=stats,
-                hint=hint,
-                judged="carried",
-            )
-        )
-    return list(rows.values())

@@ -7,13 +7,22 @@ the engine's own optimizer on Keras' gradient and the same starting state:
 the textbook (PyTorch) Adam epsilon, RMSprop's epsilon outside the root,
 weight decay coupled into the gradient or applied after the step, per-tensor
 vs global clipping, Nesterov's first step, bias correction restarted instead
-of continued from the file's step count, and, when the optimizer is right, a
-gradient scaled by the usual factors (the batch size, 2 or 1/2, the sign).
+of continued from the file's step count, the momentum velocity's sign and
+PyTorch's momentum buffer continued from Keras' slot; for BatchNormalization's
+moving statistics, PyTorch's momentum convention and the biased vs unbiased
+batch variance. When the optimizer is right, the wrong gradient behind the
+update: the usual constant factors, and each of `grad`'s named mistakes
+(grad_hints) run through the optimizer.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from .engine.optimizers import copy_state, get_optimizer
+from .grad import TensorStats
+
+CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
 
 # Hyperparameters every flavor of an optimizer reads the same way.
 SHARED = {
@@ -33,7 +42,7 @@ SHARED = {
 }
 
 
-def alternatives(config, flavor, weights, grads, state, batch: int) -> dict:
+def alternatives(config, flavor, weights, grads, state, factors: dict) -> dict:
     """{mistake: new weights} for the plausible mistakes of this optimizer."""
     name = config["class_name"]
     options = dict(config.get("config", {}))
@@ -88,23 +97,142 @@ def alternatives(config, flavor, weights, grads, state, batch: int) -> dict:
             "bias correction restarted at step 1 instead of continued from the file's step count",
             st={**state, "iterations": 0},
         )
-    for factor, why in (
-        (batch, "summed over the batch where Keras averages"),
-        (1.0 / batch, "averaged where Keras sums"),
-        (0.5, "with the 1/2 convention"),
-        (2.0, "twice Keras' (e.g. a missing 1/2)"),
-        (-1.0, "of the wrong sign"),
-    ):
-        if factor == 1.0:
-            continue
+    if name == "SGD" and options.get("momentum") and _has_velocity(state):
+        lr = float(options.get("learning_rate", 0.01))
+        run(
+            "the momentum velocity with the wrong sign: Keras keeps v = momentum*v - lr*g "
+            "and adds it to the weight",
+            st=_scaled_slot(state, "momentum", -1.0),
+        )
+        run(
+            "PyTorch's momentum buffer (buf = momentum*buf + g; w -= lr*buf) continued from "
+            "Keras' slot, which already holds -lr times the velocity",
+            st=_scaled_slot(state, "momentum", -lr),
+        )
+    for phrase, factor in factors.items():
         scaled = {k: g * factor for k, g in grads.items()}
-        run(f"the right optimizer applied to a gradient {why} (x{factor:g})", g=scaled)
+        run(f"the right optimizer applied to a gradient {phrase}", g=scaled)
+    run(
+        "the right optimizer applied to a gradient of the wrong sign ((y - p) instead of "
+        "(p - y)), or the update subtracted where Keras adds it",
+        g={k: -g for k, g in grads.items()},
+    )
     return found
 
 
-def explain(user_new, key, before, found, tolerance, stats_of) -> str | None:
-    """The first alternative whose update for `key` matches the user's."""
-    for label, new in found.items():
-        if key in new and stats_of(user_new - before, new[key] - before, tolerance).ok:
-            return label
-    return None
+def _has_velocity(state) -> bool:
+    slots = state.get("slots", {}).values()
+    return any(np.any(s.get("momentum", 0)) for s in slots)
+
+
+def _scaled_slot(state, slot, factor):
+    changed = copy_state(state)
+    for slots in changed["slots"].values():
+        if slot in slots:
+            slots[slot] = slots[slot] * factor
+    return changed
+
+
+def moving_alternatives(layer, weight, old, stats) -> dict:
+    """{mistake: moving statistic after the step} for BatchNormalization's update."""
+    mean, variance, count, unbiased = stats
+    momentum = float(layer.config.get("momentum", 0.99))
+    batch = mean if weight == "moving_mean" else variance
+    batch = np.asarray(batch, np.float64).reshape(old.shape)
+    found = {
+        f"PyTorch's BatchNorm momentum convention: moving = (1 - m)*moving + m*batch, where "
+        f"Keras' momentum {momentum:g} weights the old value (PyTorch's momentum is "
+        f"1 - {momentum:g})": old * (1 - momentum) + batch * momentum
+    }
+    if weight == "moving_variance" and count > 1:
+        if unbiased:
+            other, label = batch * (count - 1) / count, "biased (divided by n)"
+            keras = "the unbiased (n - 1) one, as its fused 4-D kernel does"
+        else:
+            other, label = batch * count / (count - 1), "unbiased (divided by n - 1, PyTorch's)"
+            keras = "the biased one (divided by n)"
+        found[f"the {label} batch variance in the moving variance, where Keras uses {keras}"] = (
+            old * momentum + other * (1 - momentum)
+        )
+    return found
+
+
+class Hinter:
+    """Names the mistake behind a failing update, computing each kind of alternative once."""
+
+    def __init__(self, model, ref, config, optimizer, batch, tolerance):
+        self.model, self.ref, self.config = model, ref, config
+        self.optimizer, self.batch, self.tolerance = optimizer, batch, tolerance
+        self._found = None
+        self._explainer = None
+
+    @property
+    def explainer(self):
+        from .grad_against import Explainer
+
+        if self._explainer is None:
+            self._explainer = Explainer(
+                self.ref.grad_ref, self.model, self.tolerance, {}, "channels_last"
+            )
+        return self._explainer
+
+    def _matches(self, key, user, new) -> bool:
+        old = np.asarray(self.ref.before[key], np.float64)
+        theirs = np.asarray(self.ref.after[key], np.float64)
+        if TensorStats.of(new - old, theirs - old, self.tolerance).ok:
+            return False  # the same as the reference: no mistake here
+        return TensorStats.of(user - old, np.asarray(new, np.float64) - old, self.tolerance).ok
+
+    def explain(self, key, user) -> str | None:
+        try:
+            return self._explain(key, user)
+        except Exception:  # a hint is best effort: the verdict stands without one
+            return None
+
+    def _explain(self, key, user) -> str | None:
+        layer_name, weight = key.split("/", 1)
+        if key not in self.ref.grads:
+            if layer_name not in self.ref.batch_stats:
+                return None
+            layer = self.model.graph.layers[layer_name]
+            old = np.asarray(self.ref.before[key], np.float64)
+            found = moving_alternatives(layer, weight, old, self.ref.batch_stats[layer_name])
+            return next((lab for lab, new in found.items() if self._matches(key, user, new)), None)
+        if self._found is None:
+            self._found = alternatives(
+                self.config,
+                self.optimizer.flavor,
+                self._weights(),
+                self.ref.grads,
+                self.ref.state,
+                self.explainer.factors(learning_rate=False),
+            )
+        for label, new in self._found.items():
+            if key in new and self._matches(key, user, new[key]):
+                return label
+        return self._wrong_gradient(key, layer_name, weight, user)
+
+    def _weights(self) -> dict:
+        return {k: self.ref.before[k] for k in self.ref.grads}
+
+    def _wrong_gradient(self, key, layer_name, weight, user) -> str | None:
+        """The right optimizer applied to one of `grad`'s named wrong gradients."""
+        expected = np.asarray(self.ref.grads[key], np.float64)
+        for hint, gradient in self.explainer.weight_alternatives(layer_name, weight, expected):
+            grads = {**self.ref.grads, key: gradient}
+            new, _ = self.optimizer.step(self._weights(), grads, copy_state(self.ref.state))
+            if self._matches(key, user, new[key]):
+                return f"the right {self.optimizer.name} step applied to a wrong gradient: {hint}"
+        return None
+
+    def implied_gradient(self, key, user) -> np.ndarray | None:
+        """-ΔW / lr when the optimizer is plain SGD (no momentum, decay or clipping)."""
+        options = self.optimizer.config
+        if self.optimizer.name != "SGD" or key not in self.ref.grads:
+            return None
+        if any(options.get(k) for k in ("momentum", "weight_decay", "decay", *CLIPPING)):
+            return None
+        rate = options.get("learning_rate")
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate == 0:
+            return None
+        return -(user - np.asarray(self.ref.before[key], np.float64)) / float(rate)

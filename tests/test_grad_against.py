@@ -228,8 +228,7 @@ def chw(value) -> np.ndarray:
 
 def seed_delta(case, call) -> np.ndarray:
     """The seed's `delta = wtimesdelta * output * (1 - output)`, (C, H, W)."""
-    y = chw(case.ref.outputs[call])
-    return chw(case.ref.d_outputs[call]) * y * (1 - y)
+    return chw(case.ref.d_outputs[call]) * seed_delta_factor(case, call)
 
 
 def seed_weights(case, call) -> np.ndarray:
@@ -845,3 +844,101 @@ def test_reference_numpy_runs_with_tensorflow_unimportable(cases, tmp_path):
     assert data["first_divergence"]["call"] == conv1
     conv = next(c for c in data["calls"] if c["name"] == conv1)
     assert conv["tensors"][0]["hint"] == HINTS["pool argmax of one row"]
+
+
+# -- seeds/002's whole training step, given to train-step --against ------------------------
+
+
+def seed_own_update(case) -> dict:
+    """seeds/002's backward of example 2 end to end (its `lossderiv`, its conv mistakes)
+    and its update `w -= lr * grad` with lr 100, as new/<layer>/<weight> keys."""
+    ref, (conv1, conv2, _, dense) = case.ref, case.calls
+    p = np.asarray(ref.outputs[dense], np.float64)[0]
+    dz = (p - case.y[0]) * p * (1 - p)  # (p - y), never 2/B, times sigmoid'
+    layers = {call: layer_of(case, call) for call in (conv1, conv2, dense)}
+    kernel = ref.layer_weights[layers[dense]]["kernel"].astype(np.float64)
+    flat = np.asarray(ref.inputs[dense][0], np.float64)[0]
+    grads = {layers[dense]: {"kernel": np.outer(flat, dz), "bias": dz}}
+    delta2 = (kernel @ dz).reshape(1, 3, 3) * seed_delta_factor(case, conv2)
+    grads[layers[conv2]] = {
+        "kernel": np.transpose(seed_kernel_gradient(chw(ref.outputs[conv1]), delta2), (2, 3, 1, 0)),
+        "bias": delta2.sum(axis=(1, 2)),
+    }
+    d_conv1 = seed_conv_input_gradient(delta2, seed_weights(case, conv2))
+    delta1 = d_conv1 * seed_delta_factor(case, conv1)
+    grads[layers[conv1]] = {
+        "kernel": np.transpose(seed_kernel_gradient(chw(case.x), delta1), (2, 3, 1, 0)),
+        "bias": np.full(2, delta1.sum()),
+    }
+    return {
+        f"new/{layer}/{name}": ref.layer_weights[layer][name] - 100.0 * grad
+        for layer, by_name in grads.items()
+        for name, grad in by_name.items()
+    }
+
+
+def seed_delta_factor(case, call) -> np.ndarray:
+    """The sigmoid derivative y (1 - y) at a call's output, (C, H, W)."""
+    y = chw(case.ref.outputs[call])
+    return y * (1 - y)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_seed_own_update_is_flagged_at_the_first_convolution(cases, flavor, tmp_path):
+    from kerascheck.train_step import train_step_model
+
+    case = cases[flavor, 2]
+    mine = seed_own_update(case)
+    y = case.y.reshape(1, 1)
+    result = train_step_model(case.path, kerascheck.load(case.path), [case.x], [y], against=mine)
+    first = result.first_divergence
+    assert first == {
+        "layer": layer_of(case, case.calls[0]),
+        "class_name": "Conv2D",
+        "tensor": "Δkernel",
+    }, first
+    dense = next(r for r in result.rows if r.name == layer_of(case, case.calls[3]))
+    implied = {t.tensor: t for t in dense.tensors}["implied grad kernel"]
+    assert implied.status == "mismatch" and "half Keras' value" in implied.hint
+    # The same update with only the first convolution's bias wrong (the seed's own
+    # sum over filters): the wrong gradient behind it is named through the optimizer.
+    correct = train_step_model(
+        case.path, kerascheck.load(case.path), [case.x], [y], save=True
+    ).saved
+    bias_key = f"{layer_of(case, case.calls[0])}/bias"
+    arrays = {k[len("keras/") :]: v for k, v in correct.items() if k.startswith("keras/")}
+    summed = np.full(2, seed_delta(case, case.calls[0]).sum())
+    arrays[f"new/{bias_key}"] = (
+        case.ref.layer_weights[bias_key.split("/")[0]]["bias"] - 100 * summed
+    )
+    result = train_step_model(case.path, kerascheck.load(case.path), [case.x], [y], against=arrays)
+    assert result.first_divergence["tensor"] == "Δbias"
+    bias = {t.tensor: t for r in result.rows for t in r.tensors if r.name == bias_key.split("/")[0]}
+    assert bias["Δbias"].hint.startswith("the right SGD step applied to a wrong gradient")
+    assert HINTS["conv bias summed over filters"] in bias["Δbias"].hint
+    assert bias["implied grad bias"].hint == HINTS["conv bias summed over filters"]
+
+
+def test_train_step_reference_numpy_runs_with_tensorflow_unimportable(cases, tmp_path):
+    case = cases["keras", 2]
+    np.savez(tmp_path / "mine.npz", **seed_own_update(case))
+    stem = case.path.rsplit(".", 1)[0]
+    args = ["train-step", case.path, stem + ".x.npy", stem + ".y.npy", "--reference", "numpy"]
+    args += ["--against", str(tmp_path / "mine.npz"), "--json", str(tmp_path / "out.json")]
+    args += ["--junit", str(tmp_path / "out.xml"), "--markdown", str(tmp_path / "out.md")]
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW.format(runs=[args])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"codes": [1], "loaded": []}
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["oracle"]["name"] == "numpy" and data["subject"] == "your weights"
+    assert data["first_divergence"]["layer"] == layer_of(case, case.calls[0])
+    from xml.etree import ElementTree
+
+    suite = ElementTree.parse(tmp_path / "out.xml").getroot()[0]
+    assert int(suite.get("failures")) >= 1
+    assert "First divergence" in (tmp_path / "out.md").read_text()

@@ -91,6 +91,7 @@ OPTIMIZERS = {
     "adam-amsgrad-clipnorm": lambda k: k.optimizers.Adam(0.01, amsgrad=True, clipnorm=0.5),
     "adamw": lambda k: k.optimizers.AdamW(0.01, weight_decay=0.05),
     "sgd-nesterov": lambda k: k.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "sgd-momentum": lambda k: k.optimizers.SGD(0.05, momentum=0.9),
     "sgd-global-clipnorm": lambda k: k.optimizers.SGD(0.05, global_clipnorm=0.1),
     "rmsprop": lambda k: k.optimizers.RMSprop(0.01, momentum=0.5),
     "rmsprop-centered": lambda k: k.optimizers.RMSprop(0.01, centered=True),
@@ -168,7 +169,7 @@ def test_against_names_the_textbook_adam_epsilon(tmp_path, flavor):
 
     fresh = kerascheck.load(path)  # the weights before the step, and their gradient
     weights = {name: fresh.graph.layers["out"].w[name].copy() for name in ("kernel", "bias")}
-    _, grads, _ = _engine_gradients(fresh, fresh_loss(fresh), [x], [y], None, {})
+    grads = _engine_gradients(fresh, fresh_loss(fresh), [x], [y], None, {}).grads
     mine = {}
     for name, w in weights.items():
         g = grads[f"out/{name}"].astype(np.float64)
@@ -259,7 +260,38 @@ MISTAKES = {
         lambda w, g: w - 0.01 * 8 * g,
         "summed over the batch",
     ),
+    "gradient-halved": (
+        lambda k: k.optimizers.Adagrad(0.05, initial_accumulator_value=1.0),
+        lambda w, g: w - 0.05 * (0.5 * g) / np.sqrt(1.0 + 0.25 * g * g + 1e-7),
+        "half Keras' value",
+    ),
+    "update-sign": (
+        lambda k: k.optimizers.SGD(0.01),
+        lambda w, g: w + 0.01 * g,
+        "wrong sign",
+    ),
+    "adamw-decay-after-the-step": (
+        lambda k: k.optimizers.AdamW(0.01, weight_decay=0.5),
+        lambda w, g: (lambda new: new - 0.01 * 0.5 * new)(_keras_adam_step(w, g, 0.01)),
+        "weight decay applied after the update",
+    ),
+    "clipnorm-taken-globally": (
+        lambda k: k.optimizers.SGD(0.1, clipnorm=0.05),
+        lambda w, g: w - 0.1 * g * 0.05 / max(GLOBAL_NORM[0], 0.05),
+        "clipped by the global norm where Keras uses clipnorm",
+    ),
+    "global-clipnorm-taken-per-tensor": (
+        lambda k: k.optimizers.SGD(0.1, global_clipnorm=0.05),
+        lambda w, g: w - 0.1 * g * 0.05 / max(np.linalg.norm(g), 0.05),
+        "clipped per tensor where Keras uses global_clipnorm",
+    ),
+    "nesterov-as-plain-momentum": (
+        lambda k: k.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        lambda w, g: w - 0.1 * g,
+        "Nesterov's step taken as plain momentum",
+    ),
 }
+GLOBAL_NORM = [0.0]  # the global gradient norm of the case being run
 
 
 @pytest.mark.parametrize("name", MISTAKES)
@@ -276,10 +308,138 @@ def test_against_names_optimizer_mistakes(tmp_path, name):
 
     fresh = kerascheck.load(path)
     weights = {n: fresh.graph.layers["out"].w[n].astype(np.float64) for n in ("kernel", "bias")}
-    _, grads, _ = _engine_gradients(fresh, fresh_loss(fresh), [x], [y], None, {})
-    mine = {
-        f"new/out/{n}": step(w, grads[f"out/{n}"].astype(np.float64)) for n, w in weights.items()
-    }
+    grads = _engine_gradients(fresh, fresh_loss(fresh), [x], [y], None, {}).grads
+    grads = {n: grads[f"out/{n}"].astype(np.float64) for n in weights}
+    GLOBAL_NORM[0] = float(np.sqrt(sum(np.sum(g * g) for g in grads.values())))
+    mine = {f"new/out/{n}": step(w, grads[n]) for n, w in weights.items()}
     result = train_step_model(path, kerascheck.load(path), [x], [y], against=mine)
-    hints = [t.hint for r in result.rows for t in r.tensors if t.status == "mismatch"]
-    assert hints and all(h and words in h for h in hints), hints
+    updates = [t for r in result.rows for t in r.tensors if t.tensor.startswith("Δ")]
+    assert len(updates) == 2 and all(t.status == "mismatch" for t in updates)
+    hints = [t.hint for t in updates]
+    assert all(h and words in h for h in hints), hints
+
+
+def _batch_moments(flavor, path, x):
+    """The mean and biased variance of the BatchNormalization input, from Keras."""
+    k = keras_module(flavor)
+    model = k.models.load_model(path, compile=False)
+    bn = next(layer for layer in model.layers if "batch_normalization" in layer.name)
+    h = k.Model(model.inputs, bn.input).predict(x, verbose=0).astype(np.float64)
+    return bn.name, bn.momentum, h.mean(axis=0), h.var(axis=0)
+
+
+def _state(path, model):
+    from kerascheck.train_step import file_state, resolve_optimizer, trainable_keys
+
+    _, optimizer, _, _ = resolve_optimizer(model, None, {}, False)
+    return file_state(model, optimizer, trainable_keys(model))
+
+
+STATE_MISTAKES = {
+    # name: (optimizer, the user's step from the file's slots, words of the expected hint)
+    "adam-bias-correction-restarted": (
+        OPTIMIZERS["adam"],
+        lambda w, g, s: _adam_restarted(w, g, s["momentum"], s["velocity"]),
+        "bias correction restarted",
+    ),
+    "sgd-velocity-sign": (
+        OPTIMIZERS["sgd-momentum"],
+        lambda w, g, s: w + (0.9 * -s["momentum"] - 0.05 * g),
+        "velocity with the wrong sign",
+    ),
+    "sgd-pytorch-buffer": (
+        OPTIMIZERS["sgd-momentum"],
+        lambda w, g, s: w - 0.05 * (0.9 * s["momentum"] + g),
+        "PyTorch's momentum buffer",
+    ),
+}
+
+
+def _adam_restarted(w, g, m, v, lr=0.01, b1=0.9, b2=0.999, eps=1e-7):
+    """Keras' Adam step from the file's m and v, but with the step count back at 1."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return w - lr * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + eps)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("name", STATE_MISTAKES)
+def test_against_names_mistakes_with_the_files_optimizer_state(tmp_path, flavor, name):
+    build, step, words = STATE_MISTAKES[name]
+    path, x, y = fitted(flavor, tmp_path, build)
+    x, y = x[:4], y[:4]
+    from kerascheck.train_step import _engine_gradients
+
+    fresh = kerascheck.load(path)
+    state = _state(path, fresh)
+    grads = _engine_gradients(fresh, fresh_loss(fresh), [x], [y], None, {}).grads
+    mine = {}
+    for key, grad in grads.items():
+        layer, weight = key.split("/")
+        w = fresh.graph.layers[layer].w[weight].astype(np.float64)
+        slots = {n: np.asarray(v, np.float64) for n, v in state["slots"][key].items()}
+        mine[f"new/{key}"] = step(w, grad.astype(np.float64), slots)
+    result = train_step_model(path, kerascheck.load(path), [x], [y], against=mine)
+    assert result.state_from == "the file"
+    updates = [t for r in result.rows for t in r.tensors if t.tensor.startswith("Δ")]
+    assert updates and all(t.status == "mismatch" for t in updates)
+    assert all(t.hint and words in t.hint for t in updates), [t.hint for t in updates]
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("mistake", ["pytorch-momentum", "unbiased-variance", "none"])
+def test_against_judges_and_explains_the_moving_statistics(tmp_path, flavor, mistake):
+    path, x, y = fitted(flavor, tmp_path, OPTIMIZERS["adam"])
+    x, y = x[:4], y[:4]
+    model = kerascheck.load(path)
+    bn, momentum, mean, variance = _batch_moments(flavor, path, x)
+    old = {w: model.graph.layers[bn].w[w].astype(np.float64) for w in MOVING}
+    if mistake == "unbiased-variance":
+        variance = variance * 4 / 3
+    keep = 1 - momentum if mistake == "pytorch-momentum" else momentum
+    mine = {
+        f"new/{bn}/moving_mean": old["moving_mean"] * keep + mean * (1 - keep),
+        f"new/{bn}/moving_variance": old["moving_variance"] * keep + variance * (1 - keep),
+    }
+    result = train_step_model(path, model, [x], [y], against=mine)
+    tensors = {t.tensor: t for r in result.rows for t in r.tensors}
+    if mistake == "none":
+        assert result.status == "match", result.first_divergence
+        return
+    words = "PyTorch's BatchNorm momentum" if mistake == "pytorch-momentum" else "unbiased"
+    wrong = ["Δmoving_variance"] + (["Δmoving_mean"] if mistake == "pytorch-momentum" else [])
+    for name in wrong:
+        assert tensors[name].status == "mismatch" and words in tensors[name].hint
+    if mistake == "unbiased-variance":
+        assert tensors["Δmoving_mean"].status == "match"
+
+
+MOVING = ("moving_mean", "moving_variance")
+
+
+LEGACY = {
+    "adam": lambda k: k.optimizers.legacy.Adam(0.01),
+    "sgd-momentum-decay": lambda k: k.optimizers.legacy.SGD(0.05, momentum=0.9, decay=0.01),
+    "rmsprop": lambda k: k.optimizers.legacy.RMSprop(0.01),
+    "adagrad": lambda k: k.optimizers.legacy.Adagrad(0.05),
+    "nadam": lambda k: k.optimizers.legacy.Nadam(0.01),
+}
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_tf_keras_legacy_optimizers_continue_from_their_named_slots(tmp_path, name):
+    """Legacy optimizers save `Adam/dense/kernel/m:0`-style weights in the .h5 file."""
+    path, x, y = fitted("tf_keras", tmp_path, LEGACY[name])
+    model = kerascheck.load(path)
+    names = [n for n, _ in model.spec.training["state"][1:]]
+    assert names and all("/" in n for n in names), names
+    result = train_step_model(path, model, [x], [y], steps=3, batch_size=4)
+    assert result.state_from == "the file" and result.status == "match", result.first_divergence
+    slots = [t for r in result.rows for t in r.tensors if "/" in t.tensor]
+    assert slots and all(t.status == "match" for t in slots)
+
+
+def test_lamb_continues_from_its_saved_state(tmp_path):
+    path, x, y = fitted("keras", tmp_path, lambda k: k.optimizers.Lamb(0.01))
+    result = train_step_model(path, kerascheck.load(path), [x], [y], steps=3, batch_size=4)
+    assert result.state_from == "the file" and result.status == "match", result.first_divergence
