@@ -223,10 +223,7 @@ def test_one_adam_step_of_a_text_classifier_and_a_transformer_block(tmp_path, fl
     path = os.path.join(str(tmp_path), build.__name__ + (".keras" if flavor == "keras" else ".h5"))
     model.save(path)
     if build is text_classifier:
-        # Each token once in the batch: Keras applies an Embedding's gradient as sparse
-        # rows, and squares repeated rows one by one in Adam (not reproduced yet).
-        x = np.random.default_rng(0).permutation(np.arange(1, 30))[:28].reshape(4, 7)
-        x = x.astype("int32")
+        x = np.random.default_rng(0).integers(1, 8, (4, 7)).astype("int32")  # repeated tokens
         x[:, 5:] = 0  # padding, masked
     else:
         x = make_input((4, 5, 8), seed=3)
@@ -443,3 +440,44 @@ def test_lamb_continues_from_its_saved_state(tmp_path):
     path, x, y = fitted("keras", tmp_path, lambda k: k.optimizers.Lamb(0.01))
     result = train_step_model(path, kerascheck.load(path), [x], [y], steps=3, batch_size=4)
     assert result.state_from == "the file" and result.status == "match", result.first_divergence
+
+
+SPARSE_OPTIMIZERS = {
+    "adam-clipnorm": lambda k: k.optimizers.Adam(0.01, clipnorm=0.1),
+    "adam-global-clipnorm": lambda k: k.optimizers.Adam(0.01, global_clipnorm=0.05),
+    "rmsprop-clipvalue": lambda k: k.optimizers.RMSprop(0.01, clipvalue=0.02),
+    "rmsprop": lambda k: k.optimizers.RMSprop(0.01),
+    "adamax": lambda k: k.optimizers.Adamax(0.01),
+    "adagrad": lambda k: k.optimizers.Adagrad(0.05),
+    "adadelta": lambda k: k.optimizers.Adadelta(1.0),
+    "nadam-global-clipnorm": lambda k: k.optimizers.Nadam(0.01, global_clipnorm=0.05),
+    "ftrl": lambda k: k.optimizers.Ftrl(0.05),
+    "lion": lambda k: k.optimizers.Lion(0.001),
+}
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("name", SPARSE_OPTIMIZERS)
+def test_embedding_rows_read_several_times_update_as_keras_applies_them(tmp_path, flavor, name):
+    """Keras 3 applies an Embedding's gradient as one slice per token read: a token read
+    twice adds g1² + g2² to Adam's or RMSprop's velocity, not (g1 + g2)²."""
+    k = keras_module(flavor)
+    model = k.Sequential(
+        [
+            k.Input((7,), dtype="int32"),
+            k.layers.Embedding(10, 4),
+            k.layers.GlobalAveragePooling1D(),
+            k.layers.Dense(3),
+        ]
+    )
+    randomize_weights(model)
+    model.compile(optimizer=SPARSE_OPTIMIZERS[name](k), loss="mse")
+    path = os.path.join(str(tmp_path), name + (".keras" if flavor == "keras" else ".h5"))
+    model.save(path)
+    x = np.random.default_rng(0).integers(0, 10, (4, 7)).astype("int32")
+    assert len(np.unique(x)) < x.size  # tokens repeat within the batch
+    y = make_input((4, 3), seed=2)
+    result = train_step_model(path, kerascheck.load(path), [x], [y], steps=3)
+    assert result.status == "match", result.first_divergence
+    table = next(r for r in result.rows if r.class_name == "Embedding")
+    assert {t.tensor: t.status for t in table.tensors}["Δembeddings"] == "match"

@@ -60,6 +60,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import KerascheckError
+from .row_gradient import RowGradient
 
 FLAVORS = ("keras3", "tf_keras", "tf_keras_legacy")
 KERAS3, TF_KERAS, LEGACY = FLAVORS
@@ -278,7 +279,8 @@ def _schedule(value, flavor: str, owner: str) -> Schedule:
 
 
 def _clip_by_norm(g: np.ndarray, clipnorm: float) -> np.ndarray:
-    """`tf.clip_by_norm`: `g * c / max(||g||, c)`; a zero gradient stays zero."""
+    """`tf.clip_by_norm`: `g * c / max(||g||, c)`; a zero gradient stays zero (the norm
+    of an Embedding's gradient is that of its rows as read, see row_gradient.py)."""
     c = _f(g.dtype)(clipnorm)
     norm = np.sqrt(np.sum(g * g))
     return g * c / np.maximum(norm, c)
@@ -292,11 +294,14 @@ def _clip_by_global_norm(grads: dict, clipnorm: float) -> dict:
     c = f(clipnorm)
     with np.errstate(divide="ignore"):
         scale = c * np.minimum(f(1) / norm, f(1) / c)
-    return {k: g * scale.astype(g.dtype) for k, g in grads.items()}
+    # `v * scale` turns Keras 3's sparse rows dense.
+    return {k: np.asarray(g * scale.astype(g.dtype)) for k, g in grads.items()}
 
 
 def _clip_by_value(g: np.ndarray, clipvalue: float) -> np.ndarray:
     v = _f(g.dtype)(clipvalue)
+    if isinstance(g, RowGradient):  # tf.clip_by_value clips each row as read
+        return RowGradient.of(g.indices, np.clip(g.rows, -v, v), g.shape)
     return np.clip(g, -v, v)
 
 
@@ -432,6 +437,8 @@ class Optimizer:
         ws = {k: _weight(k, weights[k]) for k in keys}
         gs = {k: _gradient(k, grads[k], ws[k]) for k in keys}
         gs = self._clip(gs)
+        if self.flavor != KERAS3:  # tf_keras adds up repeated rows after clipping them
+            gs = {k: np.asarray(g) for k, g in gs.items()}
         lr = self._learning_rate(t)
         wd = self.config.get("weight_decay")
         if wd is not None:  # decoupled, before the update, with the same learning rate
@@ -1012,7 +1019,10 @@ def _weight(key: str, w) -> np.ndarray:
 
 
 def _gradient(key: str, g, w: np.ndarray) -> np.ndarray:
-    """The gradient in the weight's dtype (Keras casts it in every update step)."""
+    """The gradient in the weight's dtype (Keras casts it in every update step); an
+    Embedding's stays a `RowGradient`, the rows as read."""
+    if isinstance(g, RowGradient) and g.shape == w.shape:
+        return g.astype_rows(w.dtype)
     g = np.asarray(g)
     if g.shape != w.shape:
         raise KerascheckError(

@@ -10,6 +10,7 @@ import numpy as np
 from .. import activations
 from ..base import Layer, data_format, with_activation
 from ..gather import CopiesElements
+from ..row_gradient import RowGradient
 
 
 class Dense(Layer):
@@ -362,7 +363,8 @@ class Embedding(Layer):
         return np.not_equal(inputs, 0) if self.mask_zero else None
 
     def vjp(self, x, training=False, noise=None):
-        """Indices get no gradient; the table's is dL/dy's rows added up by index.
+        """Indices get no gradient; the table's is dL/dy's rows added up by index
+        (a `RowGradient`, which keeps the rows per occurrence for Keras 3's optimizers).
 
         `mask_zero` only marks padding for later layers, so row 0 gets its gradient
         like any other row. Negative indices (Keras 3) add to the row they wrap to.
@@ -377,9 +379,8 @@ class Embedding(Layer):
 
         def backward(d_output):
             rows = np.asarray(d_output).reshape(-1, self.output_dim)
-            d_table = np.zeros((self.input_dim, self.output_dim), dtype=rows.dtype)
-            np.add.at(d_table, flat, rows)
-            return None, {"embeddings": d_table}
+            shape = (self.input_dim, self.output_dim)
+            return None, {"embeddings": RowGradient.of(flat, rows, shape)}
 
         return y, backward
 
