@@ -7,6 +7,7 @@ from ..loading.spec import LayerSpec
 from .base import Context, Layer
 from .layers import (
     activations,
+    adaptive_pooling,
     applications,
     attention,
     conv,
@@ -29,6 +30,7 @@ FAMILIES = (
     applications,
     conv,
     pooling,
+    adaptive_pooling,
     normalization,
     reshaping,
     merging,

@@ -83,3 +83,64 @@ def test_tf_keras_op_lambdas_backward_match_keras(tmp_path, build, shape):
     assert any(spec.layers[c.layer].class_name.endswith("OpLambda") for c in spec.calls)
     result = grad_model(path, kerascheck.load(path), [x], [y], loss_option="mse")
     assert result.first_divergence is None, result.first_divergence
+
+
+def test_every_operation_has_a_backward():
+    """Each allow-listed TensorFlow function and each Keras 3 operation node has a
+    backward: a derivative, the gather of moved elements, or TensorFlow's no-gradient."""
+    from kerascheck.engine.layers.op_gradients import TF_SYMBOLS, has_backward
+    from kerascheck.engine.layers.tf_ops import KERAS3_OPS, TF_FUNCTIONS
+
+    missing = [s for s in TF_FUNCTIONS if not has_backward(TF_SYMBOLS.get(s, ""))]
+    missing += [cls.__name__ for cls in KERAS3_OPS if not has_backward(cls.__name__)]
+    assert missing == []
+
+
+def splitting(k, split, where):
+    inputs = k.Input((6,))
+    h = k.layers.Dense(6)(inputs)
+    first, second, third = split(h)
+    mixed = where(first > 0.0, first, third * 0.5)
+    return k.Model(inputs, [k.layers.Dense(2)(mixed), second * 2.0])
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_split_and_where_backward_match_keras(tmp_path, flavor):
+    """Split's outputs (one unused by the loss) and where's branches, against Keras' tape."""
+    if flavor == "keras":
+        import keras
+
+        model = splitting(keras, lambda h: keras.ops.split(h, 3, axis=-1), keras.ops.where)
+        path = str(tmp_path / "split.keras")
+    else:
+        import tensorflow as tf
+        import tf_keras
+
+        model = splitting(tf_keras, lambda h: tf.split(h, [2, -1, 2], axis=1), tf.where)
+        path = str(tmp_path / "split.h5")
+    model.save(path)
+    x = make_input((3, 6), seed=4)
+    y = [np.zeros((3, 2), "float32"), np.zeros((3, 2), "float32")]
+    result = grad_model(path, kerascheck.load(path), [x], y, loss_option="mse")
+    assert result.first_divergence is None, result.first_divergence
+    dense = [row for row in result.rows if row.class_name == "Dense"]
+    kernel = next(t for t in dense[0].tensors if t.tensor == "kernel")
+    assert kernel.carried.rel_error < 1e-4
+
+
+def test_operation_without_a_backward_is_refused_by_name(tmp_path):
+    """`norm(ord=inf)` runs forward but has no backward: `grad` names the layer."""
+    import keras
+
+    from kerascheck.errors import KerascheckError
+
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4)(inputs)
+    model = keras.Model(inputs, keras.ops.norm(h, ord=np.inf, axis=-1))
+    path = str(tmp_path / "norm.keras")
+    model.save(path)
+    ours = kerascheck.load(path)
+    x = make_input((3, 4), seed=1)
+    np.testing.assert_allclose(ours.predict(x), np.asarray(model(x)), rtol=1e-5)
+    with pytest.raises(KerascheckError, match=r"layer 'norm(_\d+)?' \(Norm\).*norm with ord=inf"):
+        grad_model(path, ours, [x], [np.zeros((3,), "float32")], loss_option="mse")

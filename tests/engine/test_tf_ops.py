@@ -102,6 +102,20 @@ KERAS2_CASES = {
     "matmul-operator": lambda tf, x, y: x @ tf.transpose(y, [0, 2, 1]),
     "matmul-transpose_b": lambda tf, x, y: tf.linalg.matmul(x, y, transpose_b=True),
     "getitem-slices": lambda tf, x, y: [x[:, 1:3], x[:, ::-1, 0], x[:, -1], x[:, 1:, ::2]],
+    "comparisons-where": lambda tf, x, y: [
+        tf.math.greater(x, y),
+        tf.math.less_equal(x, 0.5),
+        tf.math.logical_not(tf.math.equal(x, y)),
+        tf.where(x > y, x, y),
+        tf.where(tf.math.greater(x, 0.0), x, 0.3 * x),
+    ],
+    "selu-softsign-rounding": lambda tf, x, y: [
+        tf.nn.selu(x),
+        tf.nn.softsign(x),
+        tf.math.round(x * 1.25),
+        tf.math.floor(x) + tf.math.ceil(y),
+        tf.math.reduce_logsumexp(x, axis=-1, keepdims=True),
+    ],
     "ops-chain": lambda tf, x, y: tf.nn.relu(tf.reshape(x[:, 1:] + y[:, :-1], (-1, 8)) * 0.5),
 }
 
@@ -206,6 +220,26 @@ KERAS3_CASES = {
         ops.sum(x),
         ops.max(x, axis=-1),
         ops.min(x, axis=(1, 2)),
+    ],
+    "integer-and-boolean-outputs": lambda ops, x, y: [
+        ops.argmax(x, axis=1),
+        ops.argmin(x),
+        ops.greater(x, y),
+        ops.logical_and(x > 0.0, y < 1.0),
+        ops.cumsum(ops.cast(x, "int32"), axis=1),
+        ops.cumsum(x, dtype="int32"),
+        ops.sum(ops.cast(x, "int8"), axis=1),
+        ops.prod(ops.cast(x, "int32"), axis=-1),
+        ops.round(x * 1.25),
+        ops.where(x > y, x, 2.0),
+    ],
+    "einsum-norm-pad": lambda ops, x, y: [
+        ops.einsum("bij,bkj->bik", x, y),
+        ops.einsum("bij,bij", x, y),
+        ops.norm(x, axis=(1, 2)),
+        ops.norm(x, ord=np.inf, axis=-1),
+        ops.pad(x, [[0, 0], [1, 0], [0, 2]], mode="symmetric"),
+        ops.prod(x, axis=1, dtype="float64"),
     ],
 }
 

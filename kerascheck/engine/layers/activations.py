@@ -1,4 +1,5 @@
-"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, Softmax, and Keras 3's `Gelu` op node.
+"""Activation layers: ReLU, LeakyReLU, PReLU, ELU, ThresholdedReLU, Softmax, and Keras 3's
+`Gelu` op node.
 
 Backward passes follow TensorFlow's choices at the kinks, which the layers'
 Keras code decides by the ops it composes (both versions compose the same
@@ -126,6 +127,23 @@ class ELU(Layer):
         return _scaled(self.call(x), slope)
 
 
+class ThresholdedReLU(Layer):
+    """`x * cast(x > theta, dtype)` (tf_keras, and Keras 3's `keras._legacy.layers`): the
+    product's gradient, 1 strictly above theta and 0 at it (the comparison has none)."""
+
+    supports_masking = True
+
+    def setup(self, config):
+        self.theta = float(config.get("theta", 1.0))
+
+    def vjp(self, x, training=False, noise=None):
+        passes = (x > np.asarray(self.theta, x.dtype)).astype(x.dtype)
+        return _scaled(x * passes, passes)
+
+    def call(self, x):
+        return self.vjp(x)[0]
+
+
 class Softmax(Layer):
     """Softmax over one axis or several (a list of axes normalizes them jointly).
 
@@ -238,4 +256,4 @@ class Gelu(Layer):
         return y, lambda d: (activations._gelu_backward(x, y, d, self.approximate), {})
 
 
-LAYERS = (ReLU, LeakyReLU, PReLU, ELU, Softmax, Gelu)
+LAYERS = (ReLU, LeakyReLU, PReLU, ELU, ThresholdedReLU, Softmax, Gelu)

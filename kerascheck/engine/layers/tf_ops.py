@@ -13,7 +13,14 @@ Keras 3 records the same calls as operation nodes (`keras.src.ops.numpy.Add`,
 `GetItem`, `Reshape`, ...) whose parameters live in the config and whose
 tensors and constants are positional arguments; `KERAS3_OPS` maps those class
 names onto the same functions. The loader renames the op classes whose names
-are also layer classes (`Add` -> `AddOp`, ...; loading/config.py).
+are also layer classes (`Add` -> `AddOp`, ...; loading/config.py). An
+operation class not listed here is refused by name (engine/registry.py).
+
+Every function keeps its operands first and its parameters under one name
+each, so the backward (op_gradients.py) binds a call of either flavor to the
+function's signature and finds operands and parameters by the same names.
+Where Keras 3 and TensorFlow differ (softmax's `axis=None`, integer sums),
+the Keras 3 node has its own function.
 """
 
 from __future__ import annotations
@@ -64,8 +71,10 @@ def _binary(op):
 
 
 def _unary(op):
-    def unary(x, name=None):
-        return op(np.asarray(x))
+    """`op` on one tensor; parameters (`alpha`, `threshold`, ...) pass as keywords."""
+
+    def unary(x, name=None, **params):
+        return op(np.asarray(x), **params)
 
     return unary
 
@@ -250,8 +259,167 @@ def _variance(x, axis=None, keepdims=False):
     return np.var(x, axis=axis, keepdims=keepdims)
 
 
+def _sum(x, axis=None, keepdims=False):
+    x = _accumulating(x)
+    return np.sum(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+
+
 def _std(x, axis=None, keepdims=False):
     return np.std(x, axis=axis, keepdims=keepdims)
+
+
+def _keras_axis(axis, x):
+    """Keras 3 reads `axis=None` as every axis (TensorFlow's softmax reads it as -1)."""
+    return tuple(range(np.ndim(x))) if axis is None else _axes(axis)
+
+
+def keras_softmax(x, axis=-1):
+    return activations.softmax(np.asarray(x), axis=_keras_axis(axis, x))
+
+
+def keras_log_softmax(x, axis=-1):
+    return activations.log_softmax(np.asarray(x), axis=_keras_axis(axis, x))
+
+
+def elu(features, alpha=1.0, name=None):
+    return activations.elu(np.asarray(features), float(alpha))
+
+
+def threshold(x, threshold, default_value):
+    """`where(x > threshold, x, default_value)`."""
+    x = np.asarray(x)
+    return np.where(x > _array(threshold, x), x, _array(default_value, x))
+
+
+def where(condition, x=None, y=None, name=None):
+    if x is None or y is None:
+        raise ValueError("expected both branches of where, found a one-argument where")
+    x, y = _operands(x, y)
+    return np.where(np.asarray(condition, dtype=bool), x, y)
+
+
+def reduce_extreme(op):
+    def reduce(input_tensor, axis=None, keepdims=False, initial=None, name=None):
+        """Keras 3's `initial` takes the maximum (minimum) with the reduction."""
+        y = np.asarray(op(input_tensor, axis=_axes(axis), keepdims=bool(keepdims)))
+        if initial is None:
+            return y
+        other = np.maximum if op is np.max else np.minimum
+        return other(y, _array(initial, y))
+
+    return reduce
+
+
+def _arg(op):
+    def arg(x, axis=None, keepdims=False):
+        """Keras returns int32 indices; `axis=None` indexes the flattened tensor."""
+        return np.asarray(op(x, axis=_axes(axis), keepdims=bool(keepdims))).astype("int32")
+
+    return arg
+
+
+def _accumulating(x, dtype=None):
+    """`x` in the dtype Keras sums, multiplies and accumulates in: `dtype` when given,
+    else the input's, with bool and 8/16-bit integers widened to 32 bits (TensorFlow then
+    keeps that dtype, where NumPy would widen integers to 64 bits)."""
+    x = np.asarray(x)
+    if dtype is not None:
+        return cast(x, dtype)
+    if x.dtype == bool or (x.dtype.kind in "iu" and x.dtype.itemsize < 4):
+        return x.astype("uint32" if x.dtype.kind == "u" else "int32")
+    return x
+
+
+def prod(x, axis=None, keepdims=False, dtype=None):
+    """Keras 3.15's TensorFlow `prod` widens small types but ignores a given `dtype`."""
+    x = _accumulating(x)
+    return np.prod(x, axis=_axes(axis), keepdims=bool(keepdims), dtype=x.dtype)
+
+
+def _cumulative(op):
+    def cumulative(x, axis=None, dtype=None):
+        """`axis=None` runs over the flattened tensor, the batch axis included."""
+        x = _accumulating(x, dtype)
+        x = np.ravel(x) if axis is None else x
+        return op(x, axis=0 if axis is None else int(axis), dtype=x.dtype)
+
+    return cumulative
+
+
+def round_(x, decimals=0):
+    """Half to even, as `tf.round`; with decimals, scaled by 10**decimals first."""
+    x = np.asarray(x)
+    if not decimals:
+        return np.round(x)
+    factor = _array(10.0**decimals, x)
+    return np.round(x * factor) / factor
+
+
+def trunc(x):
+    return np.trunc(x) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
+
+
+def norm(x, ord=None, axis=None, keepdims=False):  # noqa: A002 (Keras' parameter name)
+    return np.linalg.norm(x, ord=ord, axis=_axes(axis), keepdims=bool(keepdims))
+
+
+def logsumexp(x, axis=None, keepdims=False, name=None):
+    x = np.asarray(x)
+    axes = _axes(axis)
+    top = np.max(x, axis=axes, keepdims=True)
+    y = np.log(np.sum(np.exp(x - top), axis=axes, keepdims=True)) + top
+    return y if keepdims else np.squeeze(y, axis=axes)
+
+
+def einsum(*operands, subscripts):
+    return np.einsum(subscripts, *[np.asarray(o) for o in operands])
+
+
+def tile(x, repeats):
+    return np.tile(x, repeats)
+
+
+def repeat(x, repeats, axis=None):
+    return np.repeat(x, repeats, axis=axis)
+
+
+def pad(x, pad_width, mode="constant", constant_values=None):
+    if mode == "constant":
+        fill = 0 if constant_values is None else constant_values
+        return np.pad(x, pad_width, mode="constant", constant_values=fill)
+    return np.pad(x, pad_width, mode=mode)
+
+
+def flip(x, axis=None):
+    return np.flip(x, axis=_axes(axis))
+
+
+def roll(x, shift, axis=None):
+    return np.roll(x, shift, axis=_axes(axis))
+
+
+def moveaxis(x, source, destination):
+    return np.moveaxis(x, source, destination)
+
+
+def broadcast_to(x, shape):
+    return np.broadcast_to(x, tuple(shape)).copy()
+
+
+def ravel(x):
+    return np.ravel(x)
+
+
+def mod(x, y):
+    return np.mod(*_operands(x, y))
+
+
+def _logical(op):
+    def logical(x, y=None, name=None):
+        args = (x,) if y is None else _operands(x, y)
+        return op(*(np.asarray(a, dtype=bool) for a in args))
+
+    return logical
 
 
 # Saved `function` name -> NumPy function with TensorFlow's signature. This is the
@@ -282,7 +450,7 @@ TF_FUNCTIONS = {
     "math.softplus": _unary(activations.softplus),
     "math.erf": _unary(activations.erf),
     "math.reduce_mean": _reduce(np.mean),
-    "math.reduce_sum": _reduce(np.sum),
+    "math.reduce_sum": _reduce(_sum),
     "math.reduce_max": _reduce(np.max),
     "math.reduce_min": _reduce(np.min),
     "math.reduce_prod": _reduce(np.prod),
@@ -309,6 +477,29 @@ TF_FUNCTIONS = {
     "clip_by_value": clip_by_value,
     "linalg.matmul": matmul,
     "__operators__.getitem": getitem,
+    # What tf_keras' own activations write when called on a Keras tensor (elu with an
+    # alpha is `where(x > 0, elu(x), alpha * elu(x))`), and comparisons around them.
+    "nn.selu": _unary(activations.selu),
+    "nn.softsign": _unary(activations.softsign),
+    "where": where,
+    "math.greater": _binary(np.greater),
+    "math.greater_equal": _binary(np.greater_equal),
+    "math.less": _binary(np.less),
+    "math.less_equal": _binary(np.less_equal),
+    "math.equal": _binary(np.equal),
+    "math.not_equal": _binary(np.not_equal),
+    "math.logical_and": _logical(np.logical_and),
+    "math.logical_or": _logical(np.logical_or),
+    "math.logical_not": _logical(np.logical_not),
+    "math.log1p": _unary(np.log1p),
+    "math.expm1": _unary(np.expm1),
+    "math.reciprocal": _unary(np.reciprocal),
+    "math.floor": _unary(np.floor),
+    "math.ceil": _unary(np.ceil),
+    "math.round": _unary(np.round),
+    "math.sin": _unary(np.sin),
+    "math.cos": _unary(np.cos),
+    "math.reduce_logsumexp": logsumexp,
 }
 
 
@@ -365,14 +556,14 @@ class OpNode(Layer):
             ours: config[theirs] for theirs, ours in self.PARAMS.items() if theirs in config
         }
 
-    def call(self, inputs, *args):
+    def call(self, inputs, *args, **kwargs):
         with np.errstate(all="ignore"):
-            return type(self).function(inputs, *args, **self.params)
+            return type(self).function(inputs, *args, **kwargs, **self.params)
 
-    def vjp(self, inputs, *args, training=False, noise=None):
+    def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
         from .op_gradients import op_vjp
 
-        result = op_vjp(self, type(self).__name__, inputs, args)
+        result = op_vjp(self, type(self).__name__, inputs, args, kwargs)
         if result is None:
             return super().vjp(inputs, *args)
         return result
@@ -384,6 +575,8 @@ def _op(name: str, function, **params) -> type[OpNode]:
         name, (OpNode,), {"function": staticmethod(function), "PARAMS": params, "__doc__": doc}
     )
 
+
+_AXIS = {"axis": "axis", "keepdims": "keepdims"}
 
 KERAS3_OPS = (
     _op("AddOp", _binary(np.add)),
@@ -404,7 +597,7 @@ KERAS3_OPS = (
     _op("Sigmoid", _unary(activations.sigmoid)),
     _op("Relu", _unary(activations.relu)),
     _op("Silu", silu),
-    _op("SoftmaxOp", softmax, axis="axis"),
+    _op("SoftmaxOp", keras_softmax, axis="axis"),
     _op("Matmul", matmul),
     _op("GetItem", getitem),  # Keras 3 saves a tuple key as a list: read as a tuple
     _op("ReshapeOp", reshape, newshape="shape"),
@@ -418,12 +611,98 @@ KERAS3_OPS = (
     _op("Cast", cast, dtype="dtype"),
     _op("Clip", clip_by_value, x_min="clip_value_min", x_max="clip_value_max"),
     _op("Mean", _reduce(np.mean), axis="axis", keepdims="keepdims"),
-    _op("Sum", _reduce(np.sum), axis="axis", keepdims="keepdims"),
-    _op("Max", _reduce(np.max), axis="axis", keepdims="keepdims"),
-    _op("Min", _reduce(np.min), axis="axis", keepdims="keepdims"),
+    _op("Sum", _reduce(_sum), axis="axis", keepdims="keepdims"),
+    _op("Max", reduce_extreme(np.max), **_AXIS, initial="initial"),
+    _op("Min", reduce_extreme(np.min), **_AXIS, initial="initial"),
     # The mask ops Keras 3 saves when a layer's call takes the mask of an Embedding or Masking.
     _op("NotEqual", _binary(np.not_equal)),
     _op("Any", _reduce(np.any), axis="axis", keepdims="keepdims"),
+    # keras.ops.nn activations (and keras.activations.* on a tensor, which call them).
+    _op("Relu6", _unary(activations.relu6)),
+    _op("Softplus", _unary(activations.softplus)),
+    _op("Softsign", _unary(activations.softsign)),
+    _op("LogSigmoid", _unary(activations.log_sigmoid)),
+    _op("HardSigmoid", _unary(activations.hard_sigmoid_keras3)),
+    _op("HardSilu", _unary(activations.hard_silu)),
+    _op("Selu", _unary(activations.selu)),
+    _op("TanhShrink", _unary(activations.tanh_shrink)),
+    _op("HardTanh", _unary(activations.hard_tanh)),
+    _op("SparsePlus", _unary(activations.sparse_plus)),
+    _op("SparseSigmoid", _unary(activations.sparse_sigmoid)),
+    _op("LeakyRelu", leaky_relu, negative_slope="alpha"),
+    _op("Elu", elu, alpha="alpha"),
+    _op("Celu", _unary(activations.celu), alpha="alpha"),
+    _op("Squareplus", _unary(activations.squareplus), b="b"),
+    _op("SoftShrink", _unary(activations.soft_shrink), threshold="threshold"),
+    _op("HardShrink", _unary(activations.hard_shrink), threshold="threshold"),
+    _op("Threshold", threshold, threshold="threshold", default_value="default_value"),
+    _op("Glu", _unary(activations.glu), axis="axis"),
+    _op("LogSoftmax", keras_log_softmax, axis="axis"),
+    # keras.ops numpy / math: elementwise
+    _op("Abs", _unary(np.abs)),
+    _op("Sign", _unary(np.sign)),
+    _op("Floor", _unary(np.floor)),
+    _op("Ceil", _unary(np.ceil)),
+    _op("Round", round_, decimals="decimals"),
+    _op("Trunc", trunc),
+    _op("Log1p", _unary(np.log1p)),
+    _op("Expm1", _unary(np.expm1)),
+    _op("Log2", _unary(np.log2)),
+    _op("Log10", _unary(np.log10)),
+    _op("Exp2", _unary(np.exp2)),
+    _op("Sin", _unary(np.sin)),
+    _op("Cos", _unary(np.cos)),
+    _op("Tan", _unary(np.tan)),
+    _op("Sinh", _unary(np.sinh)),
+    _op("Cosh", _unary(np.cosh)),
+    _op("Arctan", _unary(np.arctan)),
+    _op("Arcsinh", _unary(np.arcsinh)),
+    _op("Arcsin", _unary(np.arcsin)),
+    _op("Arccos", _unary(np.arccos)),
+    _op("Arctanh", _unary(np.arctanh)),
+    _op("Logaddexp", _binary(np.logaddexp)),
+    _op("Reciprocal", _unary(np.reciprocal)),
+    _op("Rsqrt", _unary(lambda x: 1 / np.sqrt(x))),
+    _op("Erf", _unary(activations.erf)),
+    _op("FloorDivide", floordiv),
+    _op("Mod", mod),
+    _op("Where", where),
+    # comparisons and logic: boolean outputs
+    _op("Equal", _binary(np.equal)),
+    _op("Greater", _binary(np.greater)),
+    _op("GreaterEqual", _binary(np.greater_equal)),
+    _op("Less", _binary(np.less)),
+    _op("LessEqual", _binary(np.less_equal)),
+    _op("LogicalAnd", _logical(np.logical_and)),
+    _op("LogicalOr", _logical(np.logical_or)),
+    _op("LogicalNot", _logical(np.logical_not)),
+    _op("LogicalXor", _logical(np.logical_xor)),
+    _op("Isinf", _unary(np.isinf)),
+    _op("Isnan", _unary(np.isnan)),
+    _op("Isfinite", _unary(np.isfinite)),
+    # reductions
+    _op("Prod", prod, **_AXIS, dtype="dtype"),
+    _op("Std", _reduce(_std), **_AXIS),
+    _op("Var", _reduce(_variance), **_AXIS),
+    _op("Amax", _reduce(np.max), **_AXIS),
+    _op("Amin", _reduce(np.min), **_AXIS),
+    _op("All", _reduce(np.all), **_AXIS),
+    _op("Argmax", _arg(np.argmax), **_AXIS),
+    _op("Argmin", _arg(np.argmin), **_AXIS),
+    _op("Logsumexp", logsumexp, **_AXIS),
+    _op("Norm", norm, ord="ord", **_AXIS),
+    _op("Cumsum", _cumulative(np.cumsum), axis="axis", dtype="dtype"),
+    _op("Cumprod", _cumulative(np.cumprod), axis="axis", dtype="dtype"),
+    # products and moves
+    _op("Einsum", einsum, subscripts="subscripts"),
+    _op("Tile", tile, repeats="repeats"),
+    _op("Repeat", repeat, repeats="repeats", axis="axis"),
+    _op("Pad", pad, pad_width="pad_width", mode="mode"),
+    _op("Flip", flip, axis="axis"),
+    _op("Roll", roll, shift="shift", axis="axis"),
+    _op("Moveaxis", moveaxis, source="source", destination="destination"),
+    _op("BroadcastTo", broadcast_to, shape="shape"),
+    _op("Ravel", ravel),
 )
 
 LAYERS = (TFOpLambda, SlicingOpLambda, *KERAS3_OPS)
