@@ -526,6 +526,8 @@ def _loss_row(model, loss, keras, targets, sample_weight, value, penalties, tole
         else:
             part, ours = loss.value_and_grad(y_true, y_pred, sample_weight)
             theirs, label = keras.d_outputs.get(name), "d_prediction"
+            if isinstance(theirs, (list, tuple)):  # one output of a call with several
+                theirs = theirs[ref.tensor]
         own_value += float(part)
         if theirs is not None:
             suffix = "" if len(model.spec.outputs) == 1 else f"[{name}]"

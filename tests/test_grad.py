@@ -240,3 +240,20 @@ def test_cli_batch_size_checks_each_batch_and_keeps_the_worst(files):
         main, ["grad", path, x, y, "--batch-size", "3", "--save-grads", str(tmp / "g.npz")]
     )
     assert out.exit_code == 2 and "--batch-size" in out.output
+
+
+def test_an_output_that_is_one_piece_of_a_split_is_differentiated(tmp_path):
+    """The loss row reads Keras' gradient of the one output tensor a call returned among
+    several (`keras.ops.split`)."""
+    k = keras_module("keras")
+    inputs = k.Input((6,))
+    _, second = k.ops.split(k.layers.Dense(4)(inputs), 2, axis=-1)
+    model = k.Model(inputs, second)
+    model.compile(loss="mse")
+    path = str(tmp_path / "split.keras")
+    model.save(path)
+    x, y = make_input((3, 6), seed=1), make_input((3, 2), seed=2)
+    result = grad_model(path, kerascheck.load(path), [x], [y])
+    assert result.status == "match", result.first_divergence
+    loss_row = result.rows[0]
+    assert [t.tensor for t in loss_row.tensors] == ["loss", "d_prediction"]
