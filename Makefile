@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test lint format bench zoo clean samples
+.PHONY: demo test lint format bench zoo clean samples fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ samples: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_grad.py
+
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/run_fuzz.py --cases 3000
 
 zoo: $(STAMP)
 	$(BIN)/python bench/zoo.py

@@ -63,6 +63,7 @@ def audit(
     on_model: Callable[[str], None] | None = None,
 ) -> AuditResult:
     from . import load
+    from .engine.layers.recurrent import stateful_batch
     from .inputs import random_inputs, read_inputs
 
     outcome = AuditResult()
@@ -73,7 +74,8 @@ def audit(
             inputs = (
                 read_inputs(source, model.spec)
                 if source
-                else random_inputs(model.spec, batch=batch, seed=seed)
+                # a stateful model runs one batch of the size it was saved for
+                else random_inputs(model.spec, batch=stateful_batch(model.spec) or batch, seed=seed)
             )
             outcome.results.append(
                 diff_model(

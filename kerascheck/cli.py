@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 
 import click
 import numpy as np
@@ -35,20 +36,34 @@ def friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from .limits import gib, max_memory
+        from .report.names import message as one_line
+
         try:
-            return command(*args, **kwargs)
+            # Overflow and invalid-value warnings are part of what a model computes: the
+            # comparison reports them, stderr does not.
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return command(*args, **kwargs)
         except KerascheckError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(EXIT_ERROR)
         except (KeyboardInterrupt, SystemExit, click.exceptions.Exit):
             raise
+        except MemoryError:
+            limit = gib(max_memory())
+            click.echo(
+                f"error: the run needs more memory than is available (limit {limit}); "
+                "expected a model and input that fit (try a smaller --batch-size)",
+                err=True,
+            )
+            sys.exit(EXIT_ERROR)
         except Exception as exc:  # a bug in kerascheck; still no traceback for the user
             if os.environ.get("KERASCHECK_DEBUG"):
                 raise
-            message = " ".join(str(exc).split())
+            message = one_line(f"{type(exc).__name__}: {exc}")
             click.echo(
-                f"error: internal error ({type(exc).__name__}: {message}); "
-                "set KERASCHECK_DEBUG=1 for a traceback",
+                f"error: internal error ({message}); set KERASCHECK_DEBUG=1 for a traceback",
                 err=True,
             )
             sys.exit(EXIT_ERROR)
@@ -113,8 +128,29 @@ ORACLE_OPTION = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kerascheck")
-def main():
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Show TensorFlow's and Keras' own messages (start-up notices, warnings) on stderr.",
+)
+@click.option(
+    "--max-memory",
+    default=None,
+    metavar="SIZE",
+    help="Refuse files and inputs needing more memory than this (e.g. 4G, 512M) "
+    "[default: 8G, or $KERASCHECK_MAX_MEMORY].",
+)
+def main(verbose, max_memory):
     """Check what a saved Keras model computes, against an independent NumPy engine."""
+    from .limits import ENV_MAX_MEMORY, parse_size
+    from .oracle import set_verbose  # imports no TensorFlow
+
+    set_verbose(verbose)
+    if max_memory is not None:
+        try:
+            os.environ[ENV_MAX_MEMORY] = str(parse_size(max_memory))
+        except KerascheckError as exc:
+            raise click.BadParameter(str(exc), param_hint="--max-memory") from None
 
 
 @main.command()
@@ -144,6 +180,9 @@ def predict(model_path, input_path, engine, output, oracle, seed, batch, batch_s
     model = _load(model_path)
     inputs = _inputs(model, input_path, seed, batch, input_layout)
     if engine == "numpy":
+        from .engine.layers.recurrent import check_stateful_run
+
+        check_stateful_run(model.spec, int(np.shape(inputs[0])[0]), batch_size)
         outputs = model.predict(inputs, batch_size=batch_size)
         outputs = outputs if isinstance(outputs, list) else [outputs]
         label = "numpy engine"
@@ -596,6 +635,9 @@ def grad(
     tolerance = _grad_policy(rtol, atol, layer_tol)
     total = int(inputs[0].shape[0])
     step = batch_size or total
+    from .engine.layers.recurrent import check_stateful_run
+
+    check_stateful_run(model.spec, total, step)
     if (save_grads or against_path) and step < total:
         raise KerascheckError(
             "--save-grads and --against work on one batch: use them without --batch-size"
@@ -660,6 +702,23 @@ def _loss_option(model, loss, from_logits):
 
     chosen = resolve_loss(model, loss)[0]
     return {"class_name": chosen.name, "config": {"from_logits": True}}
+
+
+@main.command()
+@click.option("--family", default=None, help="Only this family (e.g. conv, recurrent).")
+def layers(family):
+    """List the Keras classes the engine supports, by family."""
+    from .engine.registry import supported_by_family
+
+    families = supported_by_family()
+    if family is not None and family not in families:
+        click.echo(
+            f"error: expected a family among {', '.join(families)}, found {family!r}", err=True
+        )
+        sys.exit(EXIT_ERROR)
+    for name, classes in families.items():
+        if family in (None, name):
+            click.echo(f"{name} ({len(classes)}): {', '.join(classes)}")
 
 
 @main.command("train-step")
@@ -844,13 +903,14 @@ def audit(
     from .audit import find_models
     from .report.json_report import audit_report, dumps
     from .report.junit import junit_xml
-    from .report.markdown import diff_markdown
+    from .report.markdown import audit_markdown
     from .report.tables import audit_table
     from .settings import tolerance_policy
 
     policy = tolerance_policy(atol, rtol, layer_tol, config_path)
     total = len(find_models(list(paths)))
-    with Progress(console=Console(stderr=True), transient=True) as progress:
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("models", total=total)
         outcome = run_audit(
             list(paths),
@@ -863,11 +923,7 @@ def audit(
         )
     _write(json_path, dumps(audit_report(outcome)) + "\n")
     _write(junit_path, junit_xml(outcome.results, outcome.errors))
-    markdown = "".join(diff_markdown(r) + "\n" for r in outcome.results)
-    markdown += "".join(
-        f"### ⚠️ `{p}` could not be checked\n\n{m}\n\n" for p, m in outcome.errors.items()
-    )
-    _write(markdown_path, markdown)
+    _write(markdown_path, audit_markdown(outcome))
     _console().print(audit_table(outcome))
     sys.exit(outcome.exit_code)
 
@@ -933,9 +989,12 @@ def explain(
             raise KerascheckError(f"--index expects integers like 0,3,1,7, found '{index}'")
         result = explain_element(model, inputs, layer, coordinates)
     console = _console()
-    console.print(Text(f"{result.layer}{list(result.index)} = {result.value:.7g}", style="bold"))
+    from .report.names import display, safe_text
+
+    heading = f"{display(result.layer)}{list(result.index)} = {result.value:.7g}"
+    console.print(Text(heading, style="bold"))
     for line in result.lines:
-        console.print(line, markup=False)
+        console.print(Text(safe_text(line)))
     console.print(
         f"engine value {result.value:.7g}; rebuilt from the terms above {result.recomputed:.7g}"
     )

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .compare import CallStats, Comparison, Tolerance, TolerancePolicy
+from .engine.layers.recurrent import check_stateful_run
 from .engine.model import EngineModel
 from .loading.spec import ModelSpec
-from .oracle import KerasRunner, choose_oracle
-
-# Keras' whole-model output and its layer-by-layer replay use identical kernels;
-# anything above this means kerascheck read the graph differently from Keras.
-GRAPH_CHECK_LIMIT = 1e-6
+from .oracle import GRAPH_CHECK_LIMIT, KerasRunner, choose_oracle  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -53,6 +50,7 @@ class DiffResult:
     float64: bool = False
     outputs: dict | None = None  # with collect=True: "keras/<call>", "numpy/<call>" arrays
     subject: str = "engine"  # what was compared with Keras
+    stateful: list[str] = field(default_factory=list)  # stateful RNNs, reset before the run
 
     @property
     def status(self) -> str:
@@ -77,6 +75,9 @@ def diff_model(
         else TolerancePolicy(tolerance or Tolerance())
     )
     spec = model.spec
+    total = int(inputs[0].shape[0])
+    step = batch_size or total or 1
+    stateful = check_stateful_run(spec, total, step)
     flavor, why = choose_oracle(spec, oracle)
     runner = KerasRunner(path, spec, flavor)
     reference = EngineModel(spec, dtype="float64") if float64 else None
@@ -84,8 +85,6 @@ def diff_model(
     carried = {name: CallStats() for name, _ in rows}
     own = {name: CallStats() for name, _ in rows} if layer_wise else None
     truth = {name: (CallStats(), CallStats()) for name, _ in rows} if float64 else None
-    total = int(inputs[0].shape[0])
-    step = batch_size or total or 1
     starts = list(range(0, max(total, 1), step))
     engine_seconds, graph_check = 0.0, 0.0
     collected: dict[str, list] = {}
@@ -159,6 +158,7 @@ def diff_model(
         batches=len(starts),
         float64=float64,
         outputs=_flatten_outputs(collected) if collect else None,
+        stateful=stateful,
     )
 
 

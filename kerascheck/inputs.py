@@ -6,12 +6,16 @@ next to what was given, because that is all a user needs to fix the call.
 
 from __future__ import annotations
 
+import lzma
+import math
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
 from .errors import KerascheckError
+from .limits import check_bytes, clip
 from .loading.spec import InputSpec, ModelSpec
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -203,14 +207,7 @@ def read_inputs(path: str, spec: ModelSpec, layout: str = "channels_last") -> li
         raise KerascheckError(
             f"{path}: expected a .npy or .npz input file, found neither (first bytes {head!r})"
         )
-    try:
-        loaded = np.load(path, allow_pickle=False, mmap_mode="r")  # .npy read lazily by batch
-    except ValueError as exc:
-        raise KerascheckError(f"{path}: expected a numeric .npy or .npz file ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise KerascheckError(
-            f"{path}: expected a .npy or .npz file, found unreadable data ({exc})"
-        ) from None
+    loaded = load_arrays(path, mmap_mode="r")  # .npy read lazily by batch
     if isinstance(loaded, np.ndarray):
         if len(spec.inputs) != 1:
             raise KerascheckError(
@@ -240,9 +237,86 @@ def _npz_arrays(path: str, loaded, spec: ModelSpec) -> list[np.ndarray]:
     for key, inp in zip(chosen, spec.inputs):
         try:
             arrays.append(loaded[key])
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        except READ_ERRORS as exc:
             raise KerascheckError(
-                f"{path}: expected a numeric array '{key}' for input {_describe_one(inp)}, "
-                f"found unreadable data ({exc})"
+                f"{path}: expected a numeric array '{clip(key)}' for input "
+                f"{_describe_one(inp)}, found unreadable data ({clip(exc)})"
             ) from None
     return arrays
+
+
+READ_ERRORS = (
+    ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+    OverflowError, MemoryError, TypeError, KeyError, lzma.LZMAError, zlib.error,
+)  # fmt: skip
+
+
+def load_arrays(path: str, mmap_mode=None):
+    """`np.load` (never pickles) after checking every array's declared header against
+    the file and the memory limit, so a lying header never allocates anything."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    _check_member(path, archive, info)
+        else:
+            with open(path, "rb") as handle:
+                _check_header(handle, path, os.path.getsize(path))
+        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+    except KerascheckError:
+        raise
+    except READ_ERRORS as exc:
+        raise KerascheckError(
+            f"{path}: expected a numeric .npy or .npz file, found unreadable data "
+            f"({type(exc).__name__}: {clip(exc)})"
+        ) from None
+
+
+def _check_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    where = f"{path}: array '{clip(info.filename.removesuffix('.npy'))}'"
+    if info.flag_bits & 0x1:
+        raise KerascheckError(
+            f"{where}: expected an unencrypted .npz member, found an encrypted one"
+        )
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise KerascheckError(
+            f"{where}: expected a stored or deflated .npz member, found compression method "
+            f"{info.compress_type}"
+        )
+    check_bytes(info.file_size, where)
+    if info.file_size > 2**20 and info.file_size > 1000 * max(info.compress_size, 1):
+        raise KerascheckError(
+            f"{where}: declares {info.file_size} bytes but stores {info.compress_size}; "
+            "expected no decompression bomb"
+        )
+    if info.filename.endswith(".npy"):
+        with archive.open(info) as member:
+            _check_header(member, where, info.file_size)
+
+
+def _check_header(handle, where: str, size: int) -> None:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(handle)
+        else:
+            shape, _, dtype = fmt.read_array_header_2_0(handle)
+    except Exception as exc:  # numpy parses the header as Python literals: any error means damaged
+        raise KerascheckError(
+            f"{where}: expected a valid .npy header, found a damaged one ({clip(exc)})"
+        ) from None
+    if dtype.hasobject:
+        raise KerascheckError(
+            f"{where}: expected a numeric .npy or .npz array, found unreadable data "
+            "(Python objects, which are pickles)"
+        )
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise KerascheckError(f"{where}: expected sizes of 0 or more, found shape {clip(shape)}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    check_bytes(nbytes, f"{where}: array", shape)
+    if nbytes > size:
+        raise KerascheckError(
+            f"{where}: declares shape {clip(shape)} ({nbytes} bytes) but holds {size} bytes; "
+            "expected the whole array in the file"
+        )

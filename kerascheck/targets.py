@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -54,7 +53,6 @@ def read_sample_weight(path: str, batch: int) -> np.ndarray:
 def _load(path: str, what: str):
     if not os.path.isfile(path):
         raise KerascheckError(f"{path}: no such file; expected a .npy or .npz for {what}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise KerascheckError(f"{path}: expected a numeric .npy or .npz for {what} ({exc})")
+    from .inputs import load_arrays
+
+    return load_arrays(path)

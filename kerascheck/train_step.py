@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine.layers.recurrent import check_stateful_run
 from .engine.model import EngineModel
 from .engine.optimizers import copy_state, get_optimizer
 from .errors import KerascheckError
@@ -256,6 +257,11 @@ def train_step_model(
     noise_calls = [c.name for c in model.spec.calls if model.graph.layers[c.layer].uses_noise]
     total = int(inputs[0].shape[0])
     step_size = batch_size or total
+    if check_stateful_run(model.spec, total, step_size) and steps > 1:
+        raise KerascheckError(
+            "a stateful RNN carries its states from one training step to the next: "
+            f"check one step (--steps 1), found --steps {steps}"
+        )
     starts = list(range(0, total, step_size))
     losses = {"keras": [], "engine": []}
     engine_seconds = keras_seconds = 0.0

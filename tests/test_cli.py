@@ -283,8 +283,14 @@ def test_unsupported_layer_lists_supported_classes(tmp_path):
     path = tmp_path / "spectral.keras"
     model.save(path)
     assert_clean_error(
-        run("summary", path), "wrapped", "SpectralNormalization", "supported classes", "Dense"
+        run("summary", path), "wrapped", "SpectralNormalization", "kerascheck layers"
     )
+    listed = run("layers")
+    assert listed.exit_code == 0
+    families = dict(line.split(" (", 1) for line in listed.stdout.splitlines())
+    assert "Dense" in families["core"] and "LSTM" in families["recurrent"]
+    assert "SpectralNormalization" not in listed.stdout
+    assert run("layers", "--family", "nope").exit_code == 2
 
 
 BLOCK_TENSORFLOW = """

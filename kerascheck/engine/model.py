@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..inputs import check_inputs
+from ..limits import check_bytes, clip
 from ..loading.spec import ModelSpec
 from .base import Context
 from .graph import Graph
@@ -57,6 +60,9 @@ class EngineModel:
         variable = any(d is None for i in self.spec.inputs for d in i.shape)
         runs = []
         for size in PROBE_SIZES[: 2 if variable else 1]:
+            for i in self.spec.inputs:  # a config can declare any size: check before allocating
+                dims = (1, *(size if d is None else d for d in i.shape))
+                check_bytes(math.prod(dims) * 4, f"input '{clip(i.name)}'", dims)
             probe = [
                 np.zeros(
                     (1, *(size if d is None else d for d in i.shape)), dtype=_probe_dtype(i.dtype)

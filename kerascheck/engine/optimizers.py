@@ -935,6 +935,12 @@ def copy_state(state: dict) -> dict:
     return {**state, "slots": slots}
 
 
+def _canonical(name: str) -> str:
+    """Keras looks optimizer names up case-insensitively (`"adam"`, `"Adam"`)."""
+    matches = [n for n in REGISTRY if n.lower() == name.lower()]
+    return matches[0] if matches else name
+
+
 def get_optimizer(config, flavor: str) -> Optimizer:
     """The optimizer a model file stores, computed as Keras `flavor` computes it.
 
@@ -947,11 +953,9 @@ def get_optimizer(config, flavor: str) -> Optimizer:
             f"expected an optimizer flavor among {', '.join(FLAVORS)}, found {flavor!r}"
         )
     if isinstance(config, str):
-        name, values = config, {}
-        matches = [n for n in REGISTRY if n.lower() == name.lower()]
-        name = matches[0] if matches else name
+        name, values = _canonical(config), {}
     elif isinstance(config, dict) and isinstance(config.get("class_name"), str):
-        name, values = config["class_name"], config.get("config") or {}
+        name, values = _canonical(config["class_name"]), config.get("config") or {}
         module, registered = config.get("module"), config.get("registered_name")
         if name.startswith("Custom>"):  # tf_keras registers its new optimizers so
             name = name[len("Custom>") :]

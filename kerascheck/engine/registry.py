@@ -52,11 +52,21 @@ def supported_classes() -> list[str]:
     return sorted(REGISTRY)
 
 
+def supported_by_family() -> dict[str, list[str]]:
+    """{family (the engine module's name): its classes}, for `kerascheck layers`."""
+    return {
+        family.__name__.rsplit(".", 1)[-1].replace("_", " "): sorted(
+            cls.__name__ for cls in family.LAYERS
+        )
+        for family in FAMILIES
+    }
+
+
 def create_layer(spec: LayerSpec, context: Context) -> Layer:
     cls = REGISTRY.get(ALIASES.get(spec.class_name, spec.class_name))
     if cls is None:
         raise UnsupportedLayerError(
             f"layer '{spec.name}' has class '{spec.class_name}', which kerascheck does not "
-            f"support; supported classes: {', '.join(supported_classes())}"
+            "support; `kerascheck layers` lists the supported classes by family"
         )
     return cls(spec, context)

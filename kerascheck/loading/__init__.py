@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import KerascheckError
+from ..limits import clip, deadline, read_seconds
 from .keras_zip import read_keras_zip
 from .legacy_h5 import read_legacy_h5
 from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef
@@ -42,17 +43,22 @@ def read_model(path) -> ModelSpec:
             f"(first bytes {head!r})"
         )
     try:
-        return reader(path)
+        with deadline(read_seconds(os.path.getsize(path)), path):
+            return reader(path)
     except KerascheckError:
         raise
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+    except (
+        KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError,
+        OverflowError, UnicodeError,
+    ) as exc:  # fmt: skip
         # A config shaped in a way no Keras version writes: say so instead of a traceback.
         raise KerascheckError(
             f"{path}: expected a well-formed Keras model file, found a malformed one "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-    except (OSError, RuntimeError) as exc:  # h5py's errors on damaged files
+            f"({type(exc).__name__}: {clip(exc)})"
+        ) from None
+    except (OSError, RuntimeError, SystemError, EOFError, MemoryError) as exc:
+        # h5py's and zipfile's errors on damaged files
         raise KerascheckError(
             f"{path}: expected a readable model file, found a damaged one "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+            f"({type(exc).__name__}: {clip(exc)})"
+        ) from None

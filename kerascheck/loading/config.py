@@ -15,7 +15,10 @@ All of that is resolved here, once.
 
 from __future__ import annotations
 
+import math
+
 from ..errors import KerascheckError
+from ..limits import MAX_CONFIG_DEPTH, clip
 from .safety import APPLICATION_LAYERS, MODEL_CLASSES, TF_OP_LAYERS, check_layer_entry
 from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef, tensor_refs
 
@@ -75,6 +78,68 @@ def normalize_layer_config(entry: dict) -> dict:
     return config
 
 
+def check_depth(value, where: str) -> None:
+    """Refuse JSON nested deeper than any Keras file, before recursive code meets it."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise KerascheckError(
+                f"{where}: expected a config nested at most {MAX_CONFIG_DEPTH} levels deep, "
+                "found deeper"
+            )
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+# Config keys holding sizes: each an int (never a bool, NaN or Infinity), or a list of them.
+# Sizes that stride or dilate must be at least 1; none may exceed MAX_SIZE.
+POSITIVE_KEYS = ("kernel_size", "strides", "dilation_rate", "pool_size", "depth_multiplier")
+SIZE_KEYS = (
+    "units", "filters", "size", "num_heads", "key_dim", "value_dim", "input_dim",
+    "output_dim", "groups", "cropping", "target_shape", "dims", "n", "batch_shape",
+    "output_padding", "num_tokens", "max_tokens", "height", "width",
+)  # fmt: skip
+MAX_SIZE = 2**31
+
+
+def check_numbers(config: dict, where: str) -> None:
+    for key in (*POSITIVE_KEYS, *SIZE_KEYS, "padding"):
+        value = config.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        low = 1 if key in POSITIVE_KEYS else (-1 if key in ("target_shape", "dims") else 0)
+        bad = _bad_size(value, low)
+        if bad is not _OK:
+            whole = list(value) if isinstance(value, tuple) else value
+            kind = "a bool" if isinstance(bad, bool) else clip(repr(bad))
+            if isinstance(bad, float) and not math.isfinite(bad):
+                kind = f"the non-finite number {bad!r}"
+            raise KerascheckError(
+                f"{where}: expected sizes or None in '{key}' (integers from {low} to "
+                f"{MAX_SIZE}), found {kind} in {clip(repr(whole))}"
+            )
+
+
+_OK = object()
+
+
+def _bad_size(value, low: int):
+    """The first entry of `value` that is not a size from `low` to MAX_SIZE, else _OK."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, (list, tuple)):
+            bad = _bad_size(item, low)
+            if bad is not _OK:
+                return bad
+        elif item is not None and not (
+            isinstance(item, int) and not isinstance(item, bool) and low <= item <= MAX_SIZE
+        ):
+            return item
+    return _OK
+
+
 def _make_layer(entry, keras_version: str, source: str) -> LayerSpec:
     if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
         raise KerascheckError(
@@ -86,9 +151,10 @@ def _make_layer(entry, keras_version: str, source: str) -> LayerSpec:
     name = config.get("name") or entry.get("name")
     if not isinstance(name, str) or not name:
         raise KerascheckError(
-            f"{source}: expected a name for every layer, found a {entry['class_name']} "
-            f"named {name!r}"
+            f"{source}: expected a name for every layer, found a {clip(entry['class_name'])} "
+            f"named {clip(repr(name))}"
         )
+    check_numbers(config, f"{source}: layer '{clip(name)}' ({clip(entry['class_name'])})")
     layer = LayerSpec(name=name, class_name=_class_name(entry), config=config)
     if entry["class_name"] in MODEL_CLASSES:
         layer.model = parse_model_config({**entry, "config": config}, keras_version, source)

@@ -8,10 +8,13 @@ every read goes through `child`/`read_array`, which check again on the way.
 
 from __future__ import annotations
 
+import math
+
 import h5py
 import numpy as np
 
 from ..errors import KerascheckError, UnsafeModelError
+from ..limits import MAX_ATTR_BYTES, MAX_HDF5_DEPTH, MAX_HDF5_NODES, check_bytes, clip
 
 
 def open_file(source, path: str) -> h5py.File:
@@ -31,29 +34,42 @@ def open_file(source, path: str) -> h5py.File:
 
 
 def check_file(handle: h5py.File, path: str) -> None:
-    """Refuse soft and external links, and external or virtual datasets, anywhere."""
-    found = []
+    """Refuse soft and external links, and external or virtual datasets, anywhere.
 
-    def visit(name: str, link):
-        # Never raise inside h5py's visitor (it holds a lock); stop with a truthy value.
-        if not isinstance(link, h5py.HardLink):
-            found.append(f"HDF5 entry '/{name}' is a {type(link).__name__}")
-            return True
-        node = handle.get(name)
-        if isinstance(node, h5py.Dataset) and (node.external or node.is_virtual):
-            found.append(f"HDF5 dataset '/{name}' stores its data outside the model file")
-            return True
-        return None
-
-    try:
-        handle.visititems_links(visit)
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise KerascheckError(f"{path}: expected a readable HDF5 file, found a damaged one ({exc})")
-    if found:
-        raise UnsafeModelError(
-            f"{path}: {found[0]}; expected all data stored inside the model file "
-            "(kerascheck does not follow links or read other files)"
-        )
+    The walk is linear (each group is opened once, relative to its parent) and
+    bounded in depth and node count, so a damaged or hostile file cannot make it slow.
+    """
+    count = 0
+    stack = [(handle, 0)]
+    while stack:
+        group, depth = stack.pop()
+        if depth > MAX_HDF5_DEPTH:
+            raise KerascheckError(
+                f"{path}: expected HDF5 groups nested at most {MAX_HDF5_DEPTH} deep, "
+                f"found deeper ('{clip(group.name)}')"
+            )
+        for key in group.keys():
+            count += 1
+            if count > MAX_HDF5_NODES:
+                raise KerascheckError(
+                    f"{path}: expected at most {MAX_HDF5_NODES} HDF5 groups and datasets, "
+                    "found more"
+                )
+            link = group.get(key, getlink=True)
+            where = f"'{clip(group.name.rstrip('/') + '/' + key)}'"
+            if not isinstance(link, h5py.HardLink):
+                raise UnsafeModelError(
+                    f"{path}: HDF5 entry {where} is a {type(link).__name__}; expected all data "
+                    "stored inside the model file (kerascheck does not follow links)"
+                )
+            node = group.get(key)
+            if isinstance(node, h5py.Group):
+                stack.append((node, depth + 1))
+            elif isinstance(node, h5py.Dataset) and (node.external or node.is_virtual):
+                raise UnsafeModelError(
+                    f"{path}: HDF5 dataset {where} stores its data outside the model file; "
+                    "expected all data stored inside it"
+                )
 
 
 def child(group: h5py.Group, path: str):
@@ -82,6 +98,7 @@ def read_array(dataset, what: str = "") -> np.ndarray:
             f"expected a weight dataset{' ' + what if what else ''}, found {found}"
         )
     _check_dataset(dataset)
+    _check_size(dataset, what)
     if dataset.dtype.kind not in "biuf":
         raise KerascheckError(
             f"expected numeric weights in HDF5 dataset '{dataset.name}', "
@@ -93,6 +110,25 @@ def read_array(dataset, what: str = "") -> np.ndarray:
         raise KerascheckError(f"HDF5 dataset '{dataset.name}' cannot be read ({exc})")
 
 
+def _check_size(dataset: h5py.Dataset, what: str) -> None:
+    """Refuse a dataset whose declared size is over the memory limit or bigger than
+    what the file can hold, before anything is allocated for it."""
+    shape = dataset.shape or ()
+    nbytes = math.prod(shape) * dataset.dtype.itemsize
+    name = f"HDF5 dataset '{clip(dataset.name)}'"
+    check_bytes(nbytes, name, shape)
+    if nbytes == 0:
+        return
+    stored = dataset.id.get_storage_size()
+    compressed = bool(dataset.compression) or dataset.chunks is not None
+    file_size = dataset.file.id.get_filesize()
+    if stored < nbytes and not compressed or stored > file_size or stored * 1000 < nbytes:
+        raise KerascheckError(
+            f"{name} declares shape {tuple(shape)} ({nbytes} bytes) but the file stores "
+            f"{stored} bytes for it; expected the weights written in the file"
+        )
+
+
 def _check_dataset(dataset: h5py.Dataset, path: str = "") -> None:
     if dataset.external or dataset.is_virtual:
         where = f"{path}: " if path else ""
@@ -102,9 +138,34 @@ def _check_dataset(dataset: h5py.Dataset, path: str = "") -> None:
         )
 
 
+def get_attr(node, key: str):
+    """An attribute's value, or None, after checking its declared size."""
+    try:
+        if key not in node.attrs:
+            return None
+        attr = h5py.h5a.open(node.id, key.encode())
+        shape = attr.shape or ()
+        declared = math.prod(shape) * attr.dtype.itemsize
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise KerascheckError(
+            f"HDF5 attribute '{key}' of '{clip(node.name)}' cannot be read ({clip(exc)})"
+        ) from None
+    if declared > MAX_ATTR_BYTES:
+        raise KerascheckError(
+            f"expected HDF5 attribute '{key}' of '{clip(node.name)}' of at most "
+            f"{MAX_ATTR_BYTES} bytes, found {declared}"
+        )
+    try:
+        return node.attrs[key]
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise KerascheckError(
+            f"HDF5 attribute '{key}' of '{clip(node.name)}' cannot be read ({clip(exc)})"
+        ) from None
+
+
 def text_attr(node, key: str):
     """A string attribute (h5py returns bytes or str depending on how it was written)."""
-    value = node.attrs.get(key)
+    value = get_attr(node, key)
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
     if isinstance(value, bytes):
@@ -122,7 +183,12 @@ def text_attr(node, key: str):
 
 def list_attr(node, key: str) -> list[str]:
     """A list-of-strings attribute such as `layer_names` or `weight_names`."""
-    value = node.attrs.get(key)
+    value = get_attr(node, key)
     if value is None:
         return []
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.ravel(value)]
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.ravel(value)]
+    except UnicodeDecodeError:
+        raise KerascheckError(
+            f"HDF5 attribute '{key}' of '{clip(node.name)}' is not UTF-8 text"
+        ) from None

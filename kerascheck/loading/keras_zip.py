@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import re
 import zipfile
+import zlib
 
 import h5py
 
 from ..errors import KerascheckError, UnsafeModelError
-from .config import parse_model_config
+from ..limits import clip
+from .config import check_depth, parse_model_config
 from .hdf5 import child, open_file, read_array, text_attr
 from .safety import MODEL_CLASSES
 from .spec import ModelSpec
@@ -55,7 +58,7 @@ def read_keras_zip(path: str) -> ModelSpec:
         config = _read_json(archive, "config.json", path)
         version = metadata.get("keras_version", "3") if isinstance(metadata, dict) else "3"
         spec = parse_model_config(config, str(version), path)
-        spec.training = training_setup(config.get("compile_config"), "compile_config")
+        spec.training = training_setup(config.get("compile_config"), f"{path}: compile_config")
         weights = _read_member(archive, "model.weights.h5", MAX_WEIGHTS_BYTES, path)
     with open_file(io.BytesIO(weights), f"{path}: model.weights.h5") as store:
         assign_weights(spec, store, path)
@@ -76,17 +79,31 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: str) -> 
             f"{info.compress_size}; refusing a likely decompression bomb"
         )
     try:
-        return archive.read(name)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise KerascheckError(f"{path}: expected a readable {name} in the archive ({exc})")
+        with archive.open(name) as member:  # streamed with a cap: the declared size can lie
+            data = member.read(min(info.file_size, limit) + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError, lzma.LZMAError, zlib.error) as exc:  # fmt: skip
+        raise KerascheckError(
+            f"{path}: expected a readable {name} in the archive, found a damaged or "
+            f"unsupported member ({clip(exc)})"
+        ) from None
+    if len(data) > info.file_size:
+        raise KerascheckError(
+            f"{path}: expected {name} of the {info.file_size} bytes it declares, found more"
+        )
+    return data
 
 
 def _read_json(archive: zipfile.ZipFile, name: str, path: str):
     raw = _read_member(archive, name, MAX_CONFIG_BYTES, path)
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise KerascheckError(f"{path}: expected JSON in {name}, found invalid text ({exc})")
+        raise KerascheckError(
+            f"{path}: expected JSON in {name}, found invalid text ({clip(exc)})"
+        ) from None
+    check_depth(value, f"{path}: {name}")
+    return value
 
 
 def snake_case(name: str) -> str:

@@ -7,7 +7,8 @@ import json
 import h5py
 
 from ..errors import KerascheckError
-from .config import parse_model_config
+from ..limits import clip
+from .config import check_depth, parse_model_config
 from .hdf5 import child, list_attr, open_file, read_array, text_attr
 from .safety import MODEL_CLASSES
 from .spec import LayerSpec, ModelSpec
@@ -28,8 +29,9 @@ def read_legacy_h5(path: str) -> ModelSpec:
             config = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise KerascheckError(
-                f"{path}: expected a JSON model config, found invalid text ({exc})"
-            )
+                f"{path}: expected a JSON model config, found invalid text ({clip(exc)})"
+            ) from None
+        check_depth(config, f"{path}: model_config")
         keras_version = text_attr(handle, "keras_version") or "2"
         spec = parse_model_config(config, str(keras_version), path)
         spec.training = _training_config(handle, path)
@@ -50,9 +52,11 @@ def _training_config(handle, path: str):
         config = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise KerascheckError(
-            f"{path}: expected a JSON training_config, found invalid text ({exc})"
-        )
-    return training_setup(config, "training_config") if isinstance(config, dict) else None
+            f"{path}: expected a JSON training_config, found invalid text ({clip(exc)})"
+        ) from None
+    check_depth(config, f"{path}: training_config")
+    where = f"{path}: training_config"
+    return training_setup(config, where) if isinstance(config, dict) else None
 
 
 def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:

@@ -8,7 +8,10 @@ The checks run on the raw config entry, before anything else looks at it.
 
 from __future__ import annotations
 
+import re
+
 from ..errors import UnsafeModelError
+from ..limits import clip
 
 CODE_LAYERS = {
     "Lambda": "it stores Python bytecode",
@@ -79,6 +82,56 @@ def _check_entry(entry: dict) -> None:
     if class_name in MODEL_CLASSES:  # its layers are checked one by one, by their own name
         config = {k: v for k, v in config.items() if k != "layers"}
     _check_values(config, name, class_name)
+    if "build_config" in entry:
+        check_builtin(entry["build_config"], f"layer '{clip(name)}' build_config", "build config")
+
+
+def _kind(key: str) -> str:
+    suffix = next(s for s in TRAINING_ONLY_SUFFIXES if key.endswith(s))
+    return "built-in " + suffix.strip("_")
+
+
+KERAS_ROOTS = ("keras", "tf_keras", "builtins", "tensorflow")
+TF_KERAS_NAME = re.compile(r"^Custom>[A-Za-z_]\w*$")
+DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def check_builtin(value, where: str, kind: str = "built-in Keras object") -> None:
+    """Refuse anything but plain JSON and built-in Keras objects (initializers, losses,
+    optimizers...): no lambdas, no object from a module outside Keras, no custom
+    registered names, no dotted paths to functions. Nothing is looked up or imported."""
+
+    def refuse(found: str, path: str):
+        raise UnsafeModelError(
+            f"{path}: expected a {kind}, found {found} (kerascheck never imports or runs "
+            "code from a model file)"
+        )
+
+    def walk(item, path: str):
+        if isinstance(item, str):
+            if DOTTED.match(item) and item.split(".")[0] not in KERAS_ROOTS:
+                refuse(f"the function path '{clip(item)}'", path)
+        elif isinstance(item, dict):
+            class_name = item.get("class_name")
+            if class_name == "__lambda__" or "__lambda__" in item:
+                refuse("a serialized Python lambda", path)
+            module = item.get("module")
+            if module is not None and (
+                not isinstance(module, str) or module.split(".")[0] not in KERAS_ROOTS
+            ):
+                refuse(f"module '{clip(module)}' ({clip(repr(class_name))})", path)
+            # tf_keras names its own optimizers `Custom>Adam`: a registry key, not code
+            for field in ("registered_name", "class_name"):
+                named = item.get(field)
+                if isinstance(named, str) and ">" in named and not TF_KERAS_NAME.match(named):
+                    refuse(f"the custom object '{clip(named)}'", path)
+            for key, inner in item.items():
+                walk(inner, f"{path}.{clip(key, 40)}")
+        elif isinstance(item, list):
+            for index, inner in enumerate(item):
+                walk(inner, f"{path}[{index}]")
+
+    walk(value, where)
 
 
 def _check_tf_function(name: str, class_name: str, function) -> None:
@@ -126,7 +179,10 @@ def _check_values(value, name: str, class_name: str) -> None:
                 "imports custom code)"
             )
         for key, item in value.items():
-            if not str(key).endswith(TRAINING_ONLY_SUFFIXES):
+            if str(key).endswith(TRAINING_ONLY_SUFFIXES):
+                where = f"layer '{clip(name)}' ({clip(class_name)}) config.{clip(key)}"
+                check_builtin(item, where, _kind(str(key)))
+            else:
                 _check_values(item, name, class_name)
     elif isinstance(value, list):
         for item in value:

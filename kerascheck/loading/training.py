@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 def training_setup(compiled, where: str) -> dict | None:
-    """The loss and optimizer a file was compiled with, as the JSON it stores them."""
+    """The loss and optimizer a file was compiled with, as the JSON it stores them.
+
+    Every entry is checked to be plain JSON or built-in Keras objects first, since
+    Keras (the oracle) deserializes all of it when it loads the file."""
+    from .safety import check_builtin
+
+    check_builtin(compiled, where, "built-in Keras loss, metric or optimizer")
     if not isinstance(compiled, dict) or compiled.get("loss") is None:
         return None
     optimizer = compiled.get("optimizer", compiled.get("optimizer_config"))

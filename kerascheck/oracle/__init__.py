@@ -14,12 +14,16 @@ misread graph shows up as a finding instead of a silent agreement.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engine.layers.recurrent import check_stateful_run
 from ..errors import KerascheckError
 from ..loading.spec import ModelSpec, resolve
 
@@ -54,9 +58,25 @@ def choose_oracle(spec: ModelSpec, override: str | None = None) -> tuple[str, st
     return "keras", f"saved by Keras {spec.keras_version}"
 
 
+# Keras' whole-model output and its layer-by-layer replay use identical kernels;
+# a larger difference (relative to the output's magnitude, at least 1) means the
+# replay does not reproduce model.predict, and nothing compared with it is meaningful.
+GRAPH_CHECK_LIMIT = 1e-6
+
+# --verbose: TensorFlow's own start-up and load messages reach stderr.
+VERBOSE = False
+
+
+def set_verbose(flag: bool) -> None:
+    global VERBOSE
+    VERBOSE = bool(flag)
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr():
-    """TensorFlow's C++ start-up chatter bypasses Python logging: mute fd 2 meanwhile."""
+    """TensorFlow's C++ chatter (oneDNN notices, CUDA lines, absl's InitializeLog
+    warning) bypasses Python logging: mute fd 2 meanwhile."""
+    sys.stderr.flush()
     try:
         saved = os.dup(2)
     except OSError:
@@ -67,18 +87,43 @@ def _quiet_native_stderr():
     try:
         yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
 
 
+@contextlib.contextmanager
+def quiet(native: bool = True):
+    """TensorFlow and Keras say nothing on kerascheck's stderr unless --verbose:
+    native output (`native`) and Python warnings are muted while they import, load
+    and run."""
+    if VERBOSE:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _quiet_native_stderr() if native else contextlib.nullcontext():
+            yield
+
+
 def _import(flavor: str):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not VERBOSE:
+        # Before the import: TensorFlow reads these once. oneDNN stays as it is
+        # (TF_ENABLE_ONEDNN_OPTS would change the numbers); its notice is muted.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
-        with _quiet_native_stderr():
-            import tensorflow  # noqa: F401  (its start-up messages go to the muted fd)
+        with quiet():
+            import tensorflow as tf
 
+            if not VERBOSE:
+                tf.get_logger().setLevel("ERROR")
+                from absl import logging as absl_logging
+
+                absl_logging.set_verbosity(absl_logging.ERROR)
             if flavor == "tf_keras":
                 import tf_keras as module
             else:
@@ -95,9 +140,10 @@ def load_keras_model(path: str, flavor: str, compile: bool = False):
     """Load with the chosen Keras, safe mode on; a failure is reported, not raised raw."""
     module = _import(flavor)
     try:
-        return module.models.load_model(
-            path, compile=compile, safe_mode=True, custom_objects=_application_layers(flavor)
-        )
+        with quiet():
+            return module.models.load_model(
+                path, compile=compile, safe_mode=True, custom_objects=_application_layers(flavor)
+            )
     except Exception as exc:  # Keras raises many types for files it cannot read
         message = " ".join(str(exc).split())[:400]
         raise KerascheckError(
@@ -131,12 +177,34 @@ class KerasRunner:
         self.model = load_keras_model(path, flavor)
         self.seconds = 0.0
 
-    def run_batch(self, arrays: list[np.ndarray], keep: bool = True):
-        """(model outputs, {call name: output}, graph check) for one batch."""
+    def run_batch(self, arrays: list[np.ndarray], keep: bool = True, strict: bool = True):
+        """(model outputs, {call name: output}, graph check) for one batch.
+
+        strict: a replay that does not reproduce the whole model is the oracle's
+        failure (KerascheckError), not a finding about the model.
+        """
         start = time.perf_counter()
-        result = _run_batch(self.model, self.spec, arrays, keep)
+        # fd 2 is muted for the first batch only (kernels' first-use notices), so a
+        # progress bar on stderr keeps drawing during the later ones
+        with quiet(native=self.seconds == 0.0):
+            result = _run_batch(self.model, self.spec, arrays, keep)
         self.seconds += time.perf_counter() - start
+        if strict:
+            require_graph_agreement(result[2], result[0], self.flavor)
         return result
+
+
+def require_graph_agreement(check: float, outputs: list[np.ndarray], flavor: str) -> None:
+    scale = max(
+        [1.0] + [float(np.max(np.abs(o))) for o in outputs if o.size and o.dtype.kind == "f"]
+    )
+    if check > GRAPH_CHECK_LIMIT * scale:
+        raise KerascheckError(
+            f"oracle error: {flavor}'s whole-model output differs from kerascheck's "
+            f"layer-by-layer replay of it by {check:.2e} (limit {GRAPH_CHECK_LIMIT:g} x "
+            f"{scale:.3g}), so Keras' per-layer values are not what model.predict computes "
+            "and no comparison is made; this is a kerascheck bug, please report it"
+        )
 
 
 def run_keras(
@@ -148,11 +216,12 @@ def run_keras(
     batch_size: int | None = None,
 ) -> OracleResult:
     """Every call's output from Keras itself (and the model outputs)."""
-    runner = KerasRunner(path, spec, flavor)
     total = inputs[0].shape[0]
     step = batch_size or total or 1
+    check_stateful_run(spec, int(total), step)
+    runner = KerasRunner(path, spec, flavor)
     pieces = [
-        runner.run_batch([np.asarray(a[i : i + step]) for a in inputs], keep)
+        runner.run_batch([np.asarray(a[i : i + step]) for a in inputs], keep, strict=keep)
         for i in range(0, max(total, 1), step)
     ]
     outputs = [np.concatenate(parts) for parts in zip(*(p[0] for p in pieces))]
@@ -171,6 +240,27 @@ def run_keras(
 
 
 def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
+    """(whole-model outputs, {call name: output}, max |whole - replay|), in inference mode."""
+    _reset_states(model)
+    stepwise, per_call = _replay(model, spec, arrays, keep)
+    _reset_states(model)
+    whole = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+    whole = [_numpy(w) for w in (whole if isinstance(whole, (list, tuple)) else [whole])]
+    check = max(
+        (
+            float(np.max(np.abs(a - b)))
+            if a.shape == b.shape and a.size
+            else (0.0 if a.shape == b.shape else np.inf)
+        )
+        for a, b in zip(whole, stepwise)
+    )
+    return whole, per_call, check
+
+
+def _replay(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
+    """(model outputs, {call name: output}): every call in the spec's order, eagerly,
+    each with `training=False` where its call takes it, as model.predict runs it
+    (Keras 3's augmentation layers default to training=True when called bare)."""
     import tensorflow as tf
 
     values = {(i.name, 0): tf.constant(a) for i, a in zip(spec.inputs, arrays)}
@@ -186,6 +276,8 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
         args = resolve(call.args, tensor)
         kwargs = resolve(call.kwargs, tensor)
         layer = operations.get(call.layer) or model.get_layer(call.layer)
+        if "training" not in kwargs and _takes_training(layer):
+            kwargs["training"] = False
         try:
             if call.first is not None:  # constants in the first argument (`2.0 - x`)
                 first = resolve(call.first, tensor)
@@ -201,18 +293,33 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
         values[(call.layer, call.index)] = output
         if keep:
             per_call[call.name] = _numpy(output)
-    stepwise = [_numpy(tensor(ref)) for ref in spec.outputs]
-    whole = model(arrays if len(arrays) > 1 else arrays[0])
-    whole = [_numpy(w) for w in (whole if isinstance(whole, (list, tuple)) else [whole])]
-    check = max(
-        (
-            float(np.max(np.abs(a - b)))
-            if a.shape == b.shape and a.size
-            else (0.0 if a.shape == b.shape else np.inf)
-        )
-        for a, b in zip(whole, stepwise)
-    )
-    return whole, per_call, check
+    return [_numpy(tensor(ref)) for ref in spec.outputs], per_call
+
+
+def _takes_training(layer) -> bool:
+    """Whether the layer's call accepts `training` (Keras 3 and tf_keras record it)."""
+    for attribute in ("_call_has_training_arg", "_expects_training_arg"):
+        value = getattr(layer, attribute, None)
+        if isinstance(value, bool):
+            return value
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _reset_states(model) -> None:
+    """Stateful RNNs start from zero states, as right after `reset_states()`."""
+    for layer in _all_layers(model):
+        if getattr(layer, "stateful", False) is True:
+            reset = getattr(layer, "reset_states", None) or getattr(layer, "reset_state", None)
+            if reset is not None:
+                reset()
+
+
+def _all_layers(model):
+    flatten = getattr(model, "_flatten_layers", None)
+    return list(flatten(include_self=False)) if flatten else list(getattr(model, "layers", []))
 
 
 def _operations(model) -> dict:

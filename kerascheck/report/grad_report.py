@@ -7,14 +7,13 @@ relative error, the norm ratio and the cosine against Keras.
 
 from __future__ import annotations
 
-from xml.etree import ElementTree
-
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from ..grad import GradResult
 from .json_report import SCHEMA_VERSION
+from .names import PATH_LIMIT, cell, display, markdown_cell, markdown_code
 
 STYLE = {"match": "green", "mismatch": "red", "drift": "yellow", "skipped": "dim"}
 
@@ -33,7 +32,8 @@ def _sides(result: GradResult) -> tuple[str, str]:
 
 def _title(result: GradResult) -> str:
     return (
-        f"{result.model_path}: gradients, {result.subject} vs {result.oracle} "
+        f"{display(result.model_path, PATH_LIMIT)}: gradients, {display(result.subject, None)} "
+        f"vs {result.oracle} "
         f"{result.oracle_version} "
         f"(saved by Keras {result.keras_version}), batch {result.batch}, {result.mode} mode"
     )
@@ -41,8 +41,8 @@ def _title(result: GradResult) -> str:
 
 def loss_line(result: GradResult) -> Text:
     text = Text()
-    text.append(f"loss {result.loss_name}", style="bold")
-    text.append(f" (from {result.loss_from})")
+    text.append(f"loss {display(result.loss_name)}", style="bold")
+    text.append(f" (from {display(result.loss_from, None)})")
     if result.logits_path:
         text.append(", taken from the logits as fit does")
     text.append(f": keras {result.keras_loss:.8g}, engine {result.engine_loss:.8g}")
@@ -50,7 +50,7 @@ def loss_line(result: GradResult) -> Text:
 
 
 def grad_table(result: GradResult) -> Group:
-    table = Table(title=_title(result), title_justify="left")
+    table = Table(title=Text(_title(result)), title_justify="left")
     # own / carried: ||engine - keras|| / ||keras|| per tensor; ratio: ||engine|| / ||keras||
     table.add_column("#", justify="right", style="dim")
     table.add_column("call", no_wrap=True)
@@ -79,9 +79,9 @@ def grad_table(result: GradResult) -> Group:
             is_first = first and (first["call"], first["tensor"]) == (row.name, tensor.tensor)
             cells = [
                 str(index) if position == 0 else "",
-                row.name if position == 0 else "",
-                row.class_name if position == 0 else "",
-                tensor.tensor,
+                cell(row.name) if position == 0 else "",
+                cell(row.class_name) if position == 0 else "",
+                cell(tensor.tensor),
                 "(" + ", ".join(str(d) for d in tensor.shape) + ")",
                 _num(tensor.keras_norm),
             ]
@@ -102,7 +102,7 @@ def grad_table(result: GradResult) -> Group:
                 cells += [_num(truth.get("keras")), _num(truth.get("engine"))]
             cells.append(Text(tensor.status, style=STYLE[tensor.status]))
             if hints:
-                cells.append(Text(tensor.hint or ""))  # plain text: hints hold [brackets]
+                cells.append(cell(tensor.hint or "", None))  # plain text: hints hold [brackets]
             table.add_row(*cells, style="bold red reverse" if is_first else None)
     return Group(loss_line(result), table, verdict(result))
 
@@ -127,12 +127,12 @@ def verdict(result: GradResult) -> Text:
         return text
     text.append("MISMATCH", style="bold red")
     text.append(
-        f": first divergence in backward order at {first['call']} ({first['class_name']}), "
-        f"tensor {first['tensor']}; tolerance {rule}"
+        f": first divergence in backward order at {display(first['call'])} "
+        f"({display(first['class_name'])}), tensor {display(first['tensor'])}; tolerance {rule}"
     )
     hint = _first_hint(result, first)
     if hint:
-        text.append(f"\nlikely cause: {hint}", style="bold")
+        text.append(f"\nlikely cause: {display(hint, None)}", style="bold")
     return text
 
 
@@ -181,72 +181,39 @@ def grad_json(result: GradResult) -> dict:
 
 
 def grad_junit(result: GradResult) -> str:
-    root = ElementTree.Element("testsuites", name="kerascheck")
-    cases = [(row, t) for row in result.rows for t in row.tensors]
-    suite = ElementTree.SubElement(
-        root,
-        "testsuite",
-        name=f"kerascheck grad {result.model_path}",
-        tests=str(len(cases)),
-        failures=str(sum(t.status == "mismatch" for _, t in cases)),
-        time=f"{result.engine_seconds + result.keras_seconds:.3f}",
+    from .tensor_rows import tensor_junit
+
+    return tensor_junit(
+        f"kerascheck grad {result.model_path}",
+        result.model_path,
+        result.rows,
+        result.engine_seconds + result.keras_seconds,
     )
-    for row, tensor in cases:
-        case = ElementTree.SubElement(
-            suite,
-            "testcase",
-            classname=f"{result.model_path}.{row.class_name}",
-            name=f"{row.name}/{tensor.tensor}",
-        )
-        own = tensor.own.rel_error if tensor.own else None
-        carried = tensor.carried.rel_error if tensor.carried else None
-        text = f"status={tensor.status}\nown_rel_error={own}\ncarried_rel_error={carried}"
-        if tensor.hint:
-            text += f"\nhint={tensor.hint}"
-        if tensor.status == "mismatch":
-            failure = ElementTree.SubElement(
-                case,
-                "failure",
-                message=tensor.hint or f"relative error {own or carried:.3e} out of tolerance",
-                type="divergence",
-            )
-            failure.text = text
-        else:
-            ElementTree.SubElement(case, "system-out").text = text
-    ElementTree.indent(root)
-    return ElementTree.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
 def grad_markdown(result: GradResult) -> str:
     icon = "✅" if result.status == "match" else "❌"
     tol = result.tolerance
     lines = [
-        f"### {icon} kerascheck grad: `{result.model_path}` — {result.status}",
+        f"### {icon} kerascheck grad: {markdown_code(result.model_path, PATH_LIMIT)} — "
+        f"{result.status}",
         "",
-        f"{result.subject.capitalize()} vs {result.oracle} {result.oracle_version}; "
-        f"loss {result.loss_name} "
-        f"(from {result.loss_from}): keras {result.keras_loss:.8g}, engine "
+        f"{markdown_cell(result.subject.capitalize(), None)} vs {result.oracle} "
+        f"{result.oracle_version}; "
+        f"loss {markdown_cell(result.loss_name)} "
+        f"(from {markdown_cell(result.loss_from, None)}): keras {result.keras_loss:.8g}, engine "
         f"{result.engine_loss:.8g}; {result.batch} samples, {result.mode} mode; tolerance "
         f"rtol={tol.rtol:g} per tensor.",
         "",
     ]
     first = result.first_divergence
     if first:
-        lines += [f"**First divergence:** `{first['call']}` / `{first['tensor']}`", ""]
-    bad = [(r, t) for r in result.rows for t in r.tensors if t.status != "match"]
-    if not bad:
-        count = sum(len(r.tensors) for r in result.rows)
-        lines.append(f"All {count} gradient tensors agree.")
-        return "\n".join(lines) + "\n"
-    lines += [
-        "| call | class | tensor | own rel | carried rel | status | likely cause |",
-        "|---|---|---|---:|---:|---|---|",
-    ]
-    for row, t in bad:
-        own = _num(t.own.rel_error) if t.own else "-"
-        carried = _num(t.carried.rel_error) if t.carried else "-"
-        lines.append(
-            f"| `{row.name}` | {row.class_name} | {t.tensor} | {own} | {carried} | "
-            f"{t.status} | {t.hint or ''} |"
-        )
+        lines += [
+            f"**First divergence:** {markdown_code(first['call'])} / "
+            f"{markdown_code(first['tensor'])}",
+            "",
+        ]
+    from .tensor_rows import tensor_markdown
+
+    lines += tensor_markdown(result.rows, "gradient tensors")
     return "\n".join(lines) + "\n"

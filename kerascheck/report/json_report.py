@@ -28,6 +28,9 @@ def diff_report(result: DiffResult) -> dict:
         "batch": result.batch,
         "timing": {"engine_seconds": result.engine_seconds, "keras_seconds": result.keras_seconds},
         "graph_check_max_abs_diff": result.graph_check,
+        "stateful": {"layers": result.stateful, "states": "reset before the run"}
+        if result.stateful
+        else None,
         "layers": [row.to_json() for row in comparison.layers],
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from xml.etree import ElementTree
 
 from ..diff import DiffResult
+from .names import safe_text
 
 
 def _stats_text(row) -> str:
@@ -23,14 +24,14 @@ def _stats_text(row) -> str:
         parts.append(f"own_max_rel_diff={row.own['max_rel_diff']} own_status={row.own['status']}")
     if row.reason:
         parts.append(f"reason={row.reason}")
-    return "\n".join(parts)
+    return "\n".join(safe_text(part) for part in parts)
 
 
 def testsuite(result: DiffResult) -> ElementTree.Element:
     rows = result.comparison.layers
     suite = ElementTree.Element(
         "testsuite",
-        name=f"kerascheck {result.model_path}",
+        name=safe_text(f"kerascheck {result.model_path}"),
         tests=str(len(rows)),
         failures=str(sum(r.status == "mismatch" for r in rows)),
         skipped=str(sum(r.status == "skipped" for r in rows)),
@@ -38,19 +39,24 @@ def testsuite(result: DiffResult) -> ElementTree.Element:
     )
     for row in rows:
         case = ElementTree.SubElement(
-            suite, "testcase", classname=f"{result.model_path}.{row.class_name}", name=row.name
+            suite,
+            "testcase",
+            classname=safe_text(f"{result.model_path}.{row.class_name}"),
+            name=safe_text(row.name),
         )
         text = _stats_text(row)
         if row.status == "mismatch":
             failure = ElementTree.SubElement(
                 case,
                 "failure",
-                message=row.reason or f"max_rel_diff {row.max_rel_diff:.3e} out of tolerance",
+                message=safe_text(
+                    row.reason or f"max_rel_diff {row.max_rel_diff:.3e} out of tolerance"
+                ),
                 type="divergence",
             )
             failure.text = text
         elif row.status == "skipped":
-            ElementTree.SubElement(case, "skipped", message=row.reason or "not compared")
+            ElementTree.SubElement(case, "skipped", message=safe_text(row.reason or "not compared"))
         else:
             ElementTree.SubElement(case, "system-out").text = text
     return suite
@@ -62,6 +68,7 @@ def junit_xml(results: list[DiffResult], errors: dict[str, str] | None = None) -
     for result in results:
         root.append(testsuite(result))
     for model, message in (errors or {}).items():
+        model, message = safe_text(model), safe_text(message)
         suite = ElementTree.SubElement(
             root, "testsuite", name=f"kerascheck {model}", tests="1", errors="1", failures="0"
         )

@@ -7,7 +7,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..diff import GRAPH_CHECK_LIMIT, DiffResult
+from ..diff import DiffResult
+from ..engine.layers.recurrent import stateful_layers
+from .names import PATH_LIMIT, cell, display, message, path_cell
 
 
 def _num(value) -> str:
@@ -32,10 +34,11 @@ def _own_style(own: dict) -> str:
 def diff_table(result: DiffResult) -> Group:
     comparison = result.comparison
     title = (
-        f"{result.model_path}: {result.subject} vs {result.oracle} {result.oracle_version} "
-        f"(saved by Keras {result.keras_version}), batch {result.batch}"
+        f"{display(result.model_path, None)}: {display(result.subject, None)} vs "
+        f"{result.oracle} {result.oracle_version} "
+        f"(saved by Keras {display(result.keras_version)}), batch {result.batch}"
     )
-    table = Table(title=title, title_justify="left")
+    table = Table(title=path_cell(title), title_justify="left")
     table.add_column("#", justify="right", style="dim")
     table.add_column("layer", no_wrap=True)
     table.add_column("class", no_wrap=True)
@@ -55,7 +58,7 @@ def diff_table(result: DiffResult) -> Group:
     first = comparison.first_divergence
     for index, row in enumerate(comparison.layers):
         style = "bold red reverse" if row.name == first else None
-        cells = [str(index), row.name, row.class_name, _shape(row.output_shape)]
+        cells = [str(index), cell(row.name), cell(row.class_name), _shape(row.output_shape)]
         if has_own:
             own = row.own or {}
             cells.append(Text(_num(own.get("max_rel_diff")), style=_own_style(own)))
@@ -65,7 +68,7 @@ def diff_table(result: DiffResult) -> Group:
             cells += [_num(exact.get("keras_max_rel_diff")), _num(exact.get("engine_max_rel_diff"))]
         cells.append(Text(row.status, style=STATUS_STYLE[row.status]))
         if has_notes:
-            cells.append(row.reason or "")
+            cells.append(cell(row.reason or "", PATH_LIMIT))
         table.add_row(*cells, style=style)
     lines = [table]
     verdict = Text()
@@ -90,29 +93,24 @@ def diff_table(result: DiffResult) -> Group:
         count = sum(r.status == "mismatch" for r in comparison.layers)
         verdict.append("MISMATCH", style="bold red")
         verdict.append(f": {count} of {len(comparison.layers)} outputs out of tolerance; ")
-        verdict.append(f"first divergence at '{first}'", style="bold")
+        verdict.append(f"first divergence at '{display(first)}'", style="bold")
         row = next(r for r in comparison.layers if r.name == first)
         if row.own is not None and row.own["status"] == "mismatch":
             verdict.append(" (its own error, fed Keras' inputs, is out of tolerance)")
         if row.reason:
-            verdict.append(f" ({row.reason})")
+            verdict.append(f" ({display(row.reason, PATH_LIMIT)})")
         elif row.worst_index is not None:
             verdict.append(
                 f" (worst element {tuple(row.worst_index)}: engine {row.engine_value:.6g}, "
                 f"keras {row.keras_value:.6g})"
             )
     lines.append(verdict)
-    if result.graph_check > GRAPH_CHECK_LIMIT:
-        lines.append(
-            Text(
-                f"warning: Keras' whole-model output differs from its layer-by-layer replay by "
-                f"{result.graph_check:.2e}; kerascheck may have read the graph differently",
-                style="yellow",
-            )
-        )
+    if result.stateful:
+        lines.append(Text(f"stateful: states reset before the run ({_names(result.stateful)})"))
     lines.append(
         Text(
-            f"oracle {result.oracle}: {result.oracle_reason}; engine {result.engine_seconds:.3f}s, "
+            f"oracle {result.oracle}: {display(result.oracle_reason, None)}; "
+            f"engine {result.engine_seconds:.3f}s, "
             f"keras {result.keras_seconds:.3f}s",
             style="dim",
         )
@@ -123,7 +121,11 @@ def diff_table(result: DiffResult) -> Group:
 def summary_table(model) -> Group:
     spec = model.spec
     table = Table(
-        title=f"{spec.name} ({spec.class_name}, saved by Keras {spec.keras_version})",
+        title=cell(
+            f"{display(spec.name)} ({display(spec.class_name)}, "
+            f"saved by Keras {display(spec.keras_version)})",
+            None,
+        ),
         title_justify="left",
     )
     table.add_column("layer")
@@ -135,7 +137,7 @@ def summary_table(model) -> Group:
     if functional:
         table.add_column("inputs from")
     for inp in spec.inputs:
-        row = [inp.name, "InputLayer", _shape((None, *inp.shape)), "0", "-"]
+        row = [cell(inp.name), "InputLayer", _shape((None, *inp.shape)), "0", "-"]
         table.add_row(*(row + ["-"] if functional else row))
     counted = set()
     for call in spec.calls:
@@ -143,19 +145,27 @@ def summary_table(model) -> Group:
         params = 0 if call.layer in counted else layer.param_count()
         counted.add(call.layer)
         row = [
-            call.name,
-            layer.class_name,
+            cell(call.name),
+            cell(layer.class_name),
             _shape(model.output_shapes[call.name]),
             f"{params:,}",
-            layer.config.get("data_format") or "-",
+            cell(layer.config.get("data_format") or "-"),
         ]
         if functional:
-            row.append(", ".join(_ref_name(r) for r in call.inputs))
+            row.append(_names(_ref_name(r) for r in call.inputs))
         table.add_row(*row)
     total = model.param_count()
-    outputs = ", ".join(_ref_name(r) for r in spec.outputs)
+    outputs = _names(_ref_name(r) for r in spec.outputs)
     footer = Text(f"Total params: {total:,}    Outputs: {outputs}")
+    stateful = stateful_layers(spec)
+    if stateful:
+        footer.append(f"\nstateful: states reset before the run ({_names(stateful)})")
     return Group(table, footer)
+
+
+def _names(names) -> str:
+    """Names joined for one cell or line, each escaped and capped."""
+    return ", ".join(display(name) for name in names)
 
 
 def _ref_name(ref) -> str:
@@ -170,7 +180,9 @@ def predictions_view(
     parts = []
     for name, y in zip(names, outputs):
         y = np.asarray(y)
-        parts.append(Text(f"{name}: shape {y.shape}, dtype {y.dtype} ({engine})", style="bold"))
+        parts.append(
+            Text(f"{display(name)}: shape {y.shape}, dtype {y.dtype} ({engine})", style="bold")
+        )
         if _looks_like_probabilities(y):
             table = Table("sample", "top classes (index: probability)")
             for i, row in enumerate(y[:10]):
@@ -201,15 +213,17 @@ def audit_table(outcome) -> Group:
         rows = result.comparison.layers
         worst = max((r.max_rel_diff or 0.0 for r in rows), default=0.0)
         table.add_row(
-            result.model_path,
+            path_cell(result.model_path),
             Text(result.status, style=STATUS_STYLE[result.status]),
             str(len(rows)),
-            result.comparison.first_divergence or "-",
+            cell(result.comparison.first_divergence or "-"),
             _num(worst),
             f"{result.engine_seconds + result.keras_seconds:.2f}",
         )
-    for path, message in outcome.errors.items():
-        table.add_row(path, Text("error", style="bold red"), "-", message, "-", "-")
+    for path, error in outcome.errors.items():
+        table.add_row(
+            path_cell(path), Text("error", style="bold red"), "-", Text(message(error)), "-", "-"
+        )
     counts = Text(
         f"{sum(r.status == 'match' for r in outcome.results)} match, "
         f"{sum(r.status == 'mismatch' for r in outcome.results)} diverge, "

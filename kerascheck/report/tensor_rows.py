@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree
 
-from .grad_report import _num
+from .names import markdown_cell, markdown_code, safe_text
 
 
 def tensor_junit(suite: str, model_path: str, rows, seconds: float) -> str:
@@ -18,7 +18,7 @@ def tensor_junit(suite: str, model_path: str, rows, seconds: float) -> str:
     element = ElementTree.SubElement(
         root,
         "testsuite",
-        name=suite,
+        name=safe_text(suite),
         tests=str(len(cases)),
         failures=str(sum(t.status == "mismatch" for _, t in cases)),
         time=f"{seconds:.3f}",
@@ -27,19 +27,21 @@ def tensor_junit(suite: str, model_path: str, rows, seconds: float) -> str:
         case = ElementTree.SubElement(
             element,
             "testcase",
-            classname=f"{model_path}.{row.class_name}",
-            name=f"{row.name}/{tensor.tensor}",
+            classname=safe_text(f"{model_path}.{row.class_name}"),
+            name=safe_text(f"{row.name}/{tensor.tensor}"),
         )
         own = tensor.own.rel_error if tensor.own else None
         carried = tensor.carried.rel_error if tensor.carried else None
         text = f"status={tensor.status}\nown_rel_error={own}\ncarried_rel_error={carried}"
         if tensor.hint:
-            text += f"\nhint={tensor.hint}"
+            text += f"\nhint={safe_text(tensor.hint)}"
         if tensor.status == "mismatch":
             failure = ElementTree.SubElement(
                 case,
                 "failure",
-                message=tensor.hint or f"relative error {own or carried:.3e} out of tolerance",
+                message=safe_text(
+                    tensor.hint or f"relative error {own or carried:.3e} out of tolerance"
+                ),
                 type="divergence",
             )
             failure.text = text
@@ -51,6 +53,8 @@ def tensor_junit(suite: str, model_path: str, rows, seconds: float) -> str:
 
 def tensor_markdown(rows, what: str) -> list[str]:
     """The table of tensors that do not match, or one line saying all agree."""
+    from .grad_report import _num
+
     bad = [(r, t) for r in rows for t in r.tensors if t.status != "match"]
     if not bad:
         count = sum(len(r.tensors) for r in rows)
@@ -63,7 +67,8 @@ def tensor_markdown(rows, what: str) -> list[str]:
         own = _num(t.own.rel_error) if t.own else "-"
         carried = _num(t.carried.rel_error) if t.carried else "-"
         lines.append(
-            f"| `{row.name}` | {row.class_name} | {t.tensor} | {own} | {carried} | "
-            f"{t.status} | {t.hint or ''} |"
+            f"| {markdown_code(row.name)} | {markdown_cell(row.class_name)} | "
+            f"{markdown_cell(t.tensor)} | {own} | {carried} | {t.status} | "
+            f"{markdown_cell(t.hint or '', None)} |"
         )
     return lines

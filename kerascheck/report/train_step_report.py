@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..train_step import TrainStepResult
+from . import names
 from .grad_report import STYLE, _num
 from .json_report import SCHEMA_VERSION
 from .tensor_rows import tensor_junit, tensor_markdown
@@ -33,7 +34,7 @@ def train_step_table(result: TrainStepResult) -> Group:
         f"{result.model_path}: {result.steps} training step(s), {result.subject} vs "
         f"{_reference(result)}, batch {result.batch}"
     )
-    table = Table(title=title, title_justify="left")
+    table = Table(title=names.path_cell(title), title_justify="left")
     # Δ rows: the update W_after - W_before, judged against Keras' update.
     for name, justify in (("#", "right"), ("layer", "left"), ("class", "left")):
         table.add_column(name, justify=justify, no_wrap=True)
@@ -54,9 +55,9 @@ def train_step_table(result: TrainStepResult) -> Group:
             hint = [Text(tensor.hint or "")] if hints else []  # plain text: hints hold [brackets]
             table.add_row(
                 str(index) if position == 0 else "",
-                row.name if position == 0 else "",
-                row.class_name if position == 0 else "",
-                tensor.tensor,
+                names.cell(row.name) if position == 0 else "",
+                names.cell(row.class_name) if position == 0 else "",
+                names.cell(tensor.tensor),
                 "(" + ", ".join(str(d) for d in tensor.shape) + ")",
                 _num(tensor.keras_norm),
                 _num(stats.rel_error) if stats else "-",
@@ -74,7 +75,10 @@ def train_step_table(result: TrainStepResult) -> Group:
         )
     else:
         verdict.append("MISMATCH", style="bold red")
-        verdict.append(f": first diverging update at {first['layer']} / {first['tensor']}")
+        verdict.append(
+            f": first diverging update at {names.display(first['layer'])} / "
+            f"{names.display(first['tensor'])}"
+        )
         hint = _hint_at(result, first)
         if hint:
             verdict.append(f"\nlikely cause: {hint}", style="bold")
@@ -101,7 +105,8 @@ def train_step_junit(result: TrainStepResult) -> str:
 def train_step_markdown(result: TrainStepResult) -> str:
     icon = "✅" if result.status == "match" else "❌"
     lines = [
-        f"### {icon} kerascheck train-step: `{result.model_path}` — {result.status}",
+        f"### {icon} kerascheck train-step: {names.markdown_code(result.model_path, None)} — "
+        f"{result.status}",
         "",
         f"{result.subject.capitalize()} vs {_reference(result)}; {result.steps} step(s) of "
         f"{result.optimizer} (from {result.optimizer_from}; state from {result.state_from}), "
@@ -111,7 +116,11 @@ def train_step_markdown(result: TrainStepResult) -> str:
     ]
     first = result.first_divergence
     if first:
-        lines += [f"**First divergence:** `{first['layer']}` / `{first['tensor']}`", ""]
+        lines += [
+            f"**First divergence:** {names.markdown_code(first['layer'])} / "
+            f"{names.markdown_code(first['tensor'])}",
+            "",
+        ]
     lines += tensor_markdown(result.rows, "updates and tensors")
     return "\n".join(lines) + "\n"
 

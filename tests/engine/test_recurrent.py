@@ -20,7 +20,6 @@ from helpers import (
 )
 
 import kerascheck
-from kerascheck.errors import KerascheckError
 
 KERAS3 = ("keras",)
 KERAS2 = ("tf_keras",)
@@ -476,19 +475,6 @@ def test_conv_lstm_channels_first(tmp_path):
     check_model(tmp_path, branches(layers, (4, 2, 7, 6)), make_input((2, 4, 2, 7, 6)), KERAS3)
     layer = conv_lstm("ConvLSTM1D", 2, kernel_size=3, return_state=True, **cf)
     check_model(tmp_path, branches({"c1": layer}, (4, 2, 8)), make_input((2, 4, 2, 8)), KERAS3)
-
-
-# -- refusals -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("flavor", FLAVORS)
-def test_stateful_is_refused(tmp_path, flavor):
-    k = keras_module(flavor)
-    x = k.Input(batch_shape=(2, 5, 3))
-    model = k.Model(x, k.layers.LSTM(3, stateful=True, name="remembers")(x))
-    path = save(model, str(tmp_path), flavor)
-    with pytest.raises(KerascheckError, match=r"'remembers' \(LSTM\).*stateful=True"):
-        kerascheck.load(path).predict(make_input((2, 5, 3)))
 
 
 # -- the encoder-decoder of seeds/003 ---------------------------------------------------------

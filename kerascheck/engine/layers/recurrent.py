@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...loading.spec import LayerSpec
+from ...errors import KerascheckError
+from ...loading.spec import LayerSpec, ModelSpec
 from .. import activations
 from ..base import Layer, as_tuple, data_format
 from ..windows import output_length
@@ -482,6 +483,66 @@ def _flatten(value) -> list:
     return [] if value is None else [value]
 
 
+# -- stateful layers ------------------------------------------------------------------
+
+
+def stateful_layers(spec: ModelSpec) -> list[str]:
+    """Layers (nested models' and wrapped ones included) declaring stateful=True."""
+    found = []
+    for layer in spec.layers.values():
+        if layer.model is not None:
+            found += stateful_layers(layer.model)
+        elif _declares_stateful(layer.config):
+            found.append(layer.name)
+    return found
+
+
+def _declares_stateful(value) -> bool:
+    if isinstance(value, dict):
+        return value.get("stateful") is True or any(map(_declares_stateful, value.values()))
+    if isinstance(value, (list, tuple)):
+        return any(map(_declares_stateful, value))
+    return False
+
+
+def stateful_batch(spec: ModelSpec) -> int | None:
+    """The batch size a stateful model was saved for (None: not stateful, or not fixed)."""
+    return _declared_batch(spec) if stateful_layers(spec) else None
+
+
+def _declared_batch(spec: ModelSpec) -> int | None:
+    for layer in spec.layers.values():
+        shape = layer.config.get("batch_shape") if layer.class_name == "InputLayer" else None
+        if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], int):
+            return shape[0]
+    return None
+
+
+def check_stateful_run(spec: ModelSpec, total: int, step: int | None = None) -> list[str]:
+    """The stateful layers, once sure the run's result does not depend on earlier batches.
+
+    A stateful RNN's output from freshly reset (zero) states is well defined for one
+    batch of the declared size; more samples would be several batches with the
+    states carried from one to the next, and another size is not what was saved.
+    """
+    names = stateful_layers(spec)
+    if not names:
+        return names
+    declared = _declared_batch(spec)
+    what = f"stateful layer '{names[0]}' carries its states from one batch to the next"
+    if declared is not None and total != declared:
+        raise KerascheckError(
+            f"{what} and was saved for batches of exactly {declared} samples, found {total}: "
+            f"give {declared} samples (--batch {declared} for random inputs)"
+        )
+    if step is not None and step < total:
+        raise KerascheckError(
+            f"{what}: {total} samples in batches of {step} would depend on earlier batches; "
+            f"run them as one batch (--batch-size {total})"
+        )
+    return names
+
+
 # -- the layers ----------------------------------------------------------------------
 
 
@@ -496,11 +557,9 @@ class RNN(Layer):
     supports_masking = True
 
     def setup(self, config):
-        if config.get("stateful"):
-            raise self.error(
-                "stateful=True carries states between batches, which kerascheck's engine "
-                "does not model; re-save the model with stateful=False to verify it"
-            )
+        # stateful=True: every run starts from zero states, as Keras' right after
+        # reset_states(); runs that would carry states over are refused up front
+        # (check_stateful_run), where the batches are known.
         self.return_sequences = bool(config.get("return_sequences", False))
         self.return_state = bool(config.get("return_state", False))
         self.go_backwards = bool(config.get("go_backwards", False))
