@@ -20,7 +20,6 @@ MAX_CONFIG_DEPTH = 200  # JSON nesting; Keras' own deepest configs are a few doz
 MAX_HDF5_DEPTH = 64  # nested groups in a weights file
 MAX_HDF5_NODES = 200_000  # groups and datasets in one file
 MAX_ATTR_BYTES = 64 * 2**20  # one HDF5 attribute (a model_config can be large)
-MAX_ATTRS = 10_000  # attributes on one HDF5 object
 # What h5py cannot bound in work is bounded in time: a few seconds plus disk speed.
 BASE_SECONDS = 5
 BYTES_PER_SECOND = 50 * 2**20
