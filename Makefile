@@ -39,6 +39,8 @@ bench: $(STAMP)
 
 fuzz: $(STAMP)
 	$(BIN)/python fuzz/run_fuzz.py --cases 3000
+	$(BIN)/pip install --quiet atheris
+	$(BIN)/python fuzz/coverage_fuzz.py --runs 3000 --seconds 1800
 
 zoo: $(STAMP)
 	$(BIN)/python bench/zoo.py

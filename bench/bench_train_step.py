@@ -5,12 +5,20 @@ step (training-mode forward, backward, NumPy Adam update) and of Keras'
 `train_on_batch` on the same batch (after a warm-up call that traces it), and
 their ratio.
 
-    .venv/bin/python bench/bench_train_step.py [--repeat 3] [--quick]
+    .venv/bin/python bench/bench_train_step.py [--repeat 3] [--quick] [--breakdown]
+
+`--breakdown` adds, per model, the engine step's CPU seconds by layer class
+(training-mode forward and backward, convolutions split by kernel size and
+stride) and the optimizer's, from one more step after the timed ones. CPU time
+(`time.process_time`), not wall time: on a shared machine it is the stabler
+measure of where the work goes (run with OPENBLAS_NUM_THREADS=1 for the
+single-thread cost of each part).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import tempfile
 import time
@@ -64,13 +72,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="skip ResNet50")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="CPU time per layer class and phase"
+    )
     args = parser.parse_args()
 
     print(f"{'model':<18} {'batch':>5} {'engine s':>9} {'keras s':>9} {'engine/keras':>13}")
     with tempfile.TemporaryDirectory() as workdir:
         for name, model, shape, dtype in models(workdir, args.quick):
-            ours, theirs = measure(name, model, shape, dtype, workdir, args.repeat)
+            ours, theirs, step = measure(name, model, shape, dtype, workdir, args.repeat)
             print(f"{name:<18} {32:>5} {ours:>9.4f} {theirs:>9.4f} {ours / theirs:>12.2f}x")
+            if args.breakdown:
+                breakdown(step)
 
 
 def measure(name, model, shape, dtype, workdir, repeat):
@@ -100,7 +113,68 @@ def measure(name, model, shape, dtype, workdir, repeat):
         new, state["value"] = optimizer.step(_current(engine, keys), grads, state["value"])
         _assign(engine, new)
 
-    return best(engine_step, repeat), best(lambda: model.train_on_batch(x, y), repeat)
+    engine_step.optimizer_step = lambda grads: _assign(
+        engine, optimizer.step(_current(engine, keys), grads, state["value"])[0]
+    )
+    engine_step.gradients = lambda: _engine_gradients(engine, loss, [x], [y], None, noise)
+    keras_seconds = best(lambda: model.train_on_batch(x, y), repeat)
+    return best(engine_step, repeat), keras_seconds, engine_step
+
+
+def breakdown(step):
+    """One more engine step, its CPU seconds per (layer class, phase) and the optimizer's."""
+    from kerascheck.engine import graph
+
+    forward, backward, calls = (collections.defaultdict(float) for _ in range(3))
+    original = graph.Graph.vjp_call
+
+    def timed_call(self, call, values, masks, training, noise):
+        layer = self.layers[call.layer]
+        key = layer.class_name
+        if hasattr(layer, "kernel_size"):
+            key += f" {'x'.join(map(str, layer.kernel_size))}/s{layer.strides[0]}"
+        start = time.process_time()
+        output, mask, back = original(self, call, values, masks, training, noise)
+        forward[key] += time.process_time() - start
+        calls[key] += 1
+        if back is None:
+            return output, mask, back
+
+        def wrap(fn):
+            def timed(*args):
+                start = time.process_time()
+                result = fn(*args)
+                backward[key] += time.process_time() - start
+                return result
+
+            return timed
+
+        timed = wrap(back)
+        timed.__dict__.update(back.__dict__)  # batch statistics, pre_activation, ...
+        for name in ("pre_activation", "weights_only"):
+            if hasattr(back, name):
+                setattr(timed, name, wrap(getattr(back, name)))
+        return output, mask, timed
+
+    graph.Graph.vjp_call = timed_call
+    try:
+        start = time.process_time()
+        grads = step.gradients().grads
+        total = time.process_time() - start
+    finally:
+        graph.Graph.vjp_call = original
+    start = time.process_time()
+    step.optimizer_step(grads)
+    optimizer = time.process_time() - start
+    print(
+        f"  cpu s: step {total + optimizer:.4f} = forward {sum(forward.values()):.4f}"
+        f" + backward {sum(backward.values()):.4f} + optimizer {optimizer:.4f} + rest"
+    )
+    for key in sorted(forward, key=lambda k: -(forward[k] + backward[k])):
+        print(
+            f"    {key:<28} x{int(calls[key]):<3} forward {forward[key]:8.4f}"
+            f"  backward {backward[key]:8.4f}"
+        )
 
 
 if __name__ == "__main__":

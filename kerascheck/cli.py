@@ -876,6 +876,27 @@ def train_step(
     show_default=True,
     help="Run in batches of this many samples (bounded memory).",
 )
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1),
+    default=None,
+    help="Check models in this many worker processes [default: the number of cores].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Give up on a model after this long (reported; the others go on).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the checks on this Dask distributed scheduler (tcp://host:8786) instead of "
+    "local processes; needs pip install 'kerascheck[distributed]'.",
+)
 @friendly_errors
 def audit(
     paths,
@@ -890,17 +911,31 @@ def audit(
     seed,
     batch,
     batch_size,
+    jobs,
+    timeout,
+    scheduler,
 ):
     """Check many models (files or directories) layer by layer in one run.
 
     Each model uses MODEL.input.npy/.npz beside it, or seeded random inputs.
+    Models are checked in parallel worker processes (--jobs) or on a Dask cluster
+    (--scheduler); the report keeps the order of the paths.
     Exit 0 when all match, 1 when any diverges, 2 when any could not be checked
     (the others are still checked).
     """
-    from rich.progress import Progress
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
+    from . import oracle as oracle_module
+    from .audit import AuditSettings, find_models
     from .audit import audit as run_audit
-    from .audit import find_models
+    from .audit_pool import default_jobs
     from .report.json_report import audit_report, dumps
     from .report.junit import junit_xml
     from .report.markdown import audit_markdown
@@ -909,23 +944,54 @@ def audit(
 
     policy = tolerance_policy(atol, rtol, layer_tol, config_path)
     total = len(find_models(list(paths)))
+    settings = AuditSettings(policy, seed, batch, oracle, batch_size, oracle_module.VERBOSE)
+    jobs = min(jobs or default_jobs(), max(total, 1))
     console = Console(stderr=True)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("models", total=total)
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    running: list[str] = []
+
+    def started(path):
+        running.append(path)
+        progress.update(task, description=_running_label(running))
+
+    def finished(path):
+        running.remove(path)
+        progress.update(task, advance=1, description=_running_label(running))
+
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as progress:
+        task = progress.add_task("starting", total=total)
         outcome = run_audit(
             list(paths),
-            policy,
-            seed=seed,
-            batch=batch,
-            oracle=oracle,
-            batch_size=batch_size,
-            on_model=lambda _: progress.advance(task),
+            settings,
+            jobs=jobs,
+            timeout=timeout,
+            scheduler=scheduler,
+            on_start=started,
+            on_model=finished,
         )
     _write(json_path, dumps(audit_report(outcome)) + "\n")
     _write(junit_path, junit_xml(outcome.results, outcome.errors))
     _write(markdown_path, audit_markdown(outcome))
     _console().print(audit_table(outcome))
     sys.exit(outcome.exit_code)
+
+
+def _running_label(running: list[str]) -> str:
+    from .report.names import display
+
+    if not running:
+        return "models"
+    shown = display(os.path.basename(running[-1]))
+    return shown if len(running) == 1 else f"{shown} (+{len(running) - 1} more)"
 
 
 @main.command()

@@ -14,8 +14,11 @@ float64 on Keras' inputs as ground truth, and both float32 sides (Keras' output
 and the engine's own output) are measured against it; for outputs only, the
 whole float64 run is the ground truth.
 
-Inputs are processed in batches; statistics accumulate, so memory stays
-bounded by the batch size and the numbers equal a one-batch run.
+Inputs are processed in batches; statistics accumulate, so the numbers equal a
+one-batch run. Layer by layer, a batch is also capped so that both sides' per-call
+outputs fit half the memory limit (`fitting_batch`, measured on one sample), and
+each call's own output is compared as soon as it is computed and then dropped:
+peak memory is bounded by the limit and flat in the number of samples.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .compare import CallStats, Comparison, Tolerance, TolerancePolicy
-from .engine.layers.recurrent import check_stateful_run
+from .engine.layers.recurrent import check_stateful_run, stateful_batch
 from .engine.model import EngineModel
+from .errors import KerascheckError
 from .loading.spec import ModelSpec
 from .oracle import GRAPH_CHECK_LIMIT, KerasRunner, choose_oracle  # noqa: F401  (re-exported)
 
@@ -77,6 +81,8 @@ def diff_model(
     spec = model.spec
     total = int(inputs[0].shape[0])
     step = batch_size or total or 1
+    if layer_wise and stateful_batch(spec) is None:  # a stateful run is one batch
+        step = min(step, fitting_batch(model, inputs, float64, collect))
     stateful = check_stateful_run(spec, total, step)
     flavor, why = choose_oracle(spec, oracle)
     runner = KerasRunner(path, spec, flavor)
@@ -98,34 +104,41 @@ def diff_model(
         theirs = keras_calls if layer_wise else dict(zip(_output_names(spec), keras_outputs))
         for name, _ in rows:
             carried[name].update(ours[name], theirs[name], offset)
-        if own is not None:
-            mine = _own_outputs(model, spec, batch, keras_calls, ours_masks)
-            for name, value in mine.items():
-                own[name].update(value, theirs[name], offset)
-        if truth is not None:
-            if layer_wise:  # each layer in float64 on Keras' inputs: exact for that layer
-                exact = _own_outputs(
-                    reference, spec, _float64(batch), _float64(keras_calls), ours_masks
-                )
-                engine_side = mine
-            else:
-                exact, _ = _engine_batch(reference, batch, layer_wise)
-                engine_side = ours
-            for name, _ in rows:
-                truth[name][0].update(theirs[name], exact[name], offset)
-                truth[name][1].update(engine_side[name], exact[name], offset)
         if collect:
             for name, _ in rows:
                 collected.setdefault(f"numpy/{name}", []).append(ours[name])
                 collected.setdefault(f"keras/{name}", []).append(theirs[name])
+        if own is not None:
+            del ours  # each call's own output is compared as soon as it is computed
+            mine = _own_outputs(model, spec, batch, keras_calls, ours_masks)
+            exact = (
+                _own_outputs(reference, spec, _float64(batch), _float64(keras_calls), ours_masks)
+                if truth is not None
+                else None
+            )
+            for name, value in mine:
+                own[name].update(value, theirs[name], offset)
+                if exact is not None:  # each layer in float64 on Keras' inputs: exact for it
+                    _, exact_value = next(exact)
+                    truth[name][0].update(theirs[name], exact_value, offset)
+                    truth[name][1].update(value, exact_value, offset)
+        elif truth is not None:
+            exact, _ = _engine_batch(reference, batch, layer_wise)
+            for name, _ in rows:
+                truth[name][0].update(theirs[name], exact[name], offset)
+                truth[name][1].update(ours[name], exact[name], offset)
+        del theirs, keras_calls, keras_outputs
         if progress is not None:
             progress(number + 1, len(starts))
     comparison = Comparison(tolerance=policy.default)
     for name, class_name in rows:
-        tol = policy.for_layer(name, class_name)
+        tol = _low_precision(policy, spec, name, policy.for_layer(name, class_name))
         row = carried[name].finish(name, class_name, tol)
         if tol != policy.default:
             row.tolerance = {"atol": tol.atol, "rtol": tol.rtol}
+            low = _compute_dtype_of(spec, name)
+            if low is not None and tol.rtol == LOW_PRECISION_RTOL[low]:
+                row.tolerance["why"] = f"computes in {low}: mixed precision"
         if own is not None:
             mine = own[name].finish(name, class_name, tol)
             row.own = {
@@ -160,6 +173,39 @@ def diff_model(
         outputs=_flatten_outputs(collected) if collect else None,
         stateful=stateful,
     )
+
+
+# A layer whose dtype policy computes in float16 or bfloat16 (mixed precision) rounds
+# its inputs, weights and output to that precision in Keras; the engine computes in
+# float32, so the layer is judged at its compute precision: 2^-11 and 2^-8 per
+# rounding, with room for about twenty of them.
+LOW_PRECISION_RTOL = {"float16": 1e-2, "bfloat16": 8e-2}
+
+
+def compute_dtype(config: dict) -> str | None:
+    """'float16' or 'bfloat16' when the layer's dtype policy computes in it, else None."""
+    policy = config.get("dtype")
+    if isinstance(policy, dict):
+        policy = (policy.get("config") or {}).get("name")
+    if not isinstance(policy, str):
+        return None
+    for low in ("bfloat16", "float16"):
+        if policy in (low, f"mixed_{low}"):
+            return low
+    return None
+
+
+def _compute_dtype_of(spec: ModelSpec, name: str) -> str | None:
+    layer = spec.layers.get(name.split("#")[0].split("[")[0])
+    return compute_dtype(layer.config) if layer is not None else None
+
+
+def _low_precision(policy: TolerancePolicy, spec: ModelSpec, name: str, tol: Tolerance):
+    """The tolerance of a mixed-precision layer's row, unless the user set its own."""
+    low = _compute_dtype_of(spec, name)
+    if low is None or tol != policy.default:
+        return tol
+    return Tolerance(atol=tol.atol, rtol=max(tol.rtol, LOW_PRECISION_RTOL[low]))
 
 
 def _flatten_outputs(collected: dict[str, list]) -> dict[str, np.ndarray]:
@@ -205,12 +251,71 @@ def _engine_batch(model: EngineModel, batch: list[np.ndarray], layer_wise: bool)
     return dict(zip(_output_names(model.spec), outputs)), {}
 
 
-def _own_outputs(model, spec, batch, keras_calls: dict, masks: dict) -> dict:
-    """Each call computed by the engine from Keras' own values of its inputs."""
+def _own_outputs(model, spec, batch, keras_calls: dict, masks: dict):
+    """(call name, output) of each call computed by the engine from Keras' own values
+    of its inputs, one at a time (so only one is held)."""
     values = {(i.name, 0): a for i, a in zip(spec.inputs, batch)}
     for call in spec.calls:
         values[(call.layer, call.index)] = keras_calls[call.name]
-    return {call.name: model.graph.run_call(call, values, masks)[0] for call in spec.calls}
+    for call in spec.calls:
+        yield call.name, model.graph.run_call(call, values, masks)[0]
+
+
+# What one sample costs in a layer-by-layer batch: every call's output held by the
+# engine and by Keras (together, for the carried error) and Keras' tensors before
+# they become NumPy arrays; plus the largest working memory of one call (im2col
+# windows and the like), once for each side.
+COPIES_HELD = 3
+WORKING_COPIES = 2
+# The share of --max-memory all that may take; the rest is the two models' weights,
+# TensorFlow itself and the inputs.
+ACTIVATION_SHARE = 0.25
+
+
+def fitting_batch(model: EngineModel, inputs, float64: bool = False, collect: bool = False) -> int:
+    """The most samples per layer-wise batch whose per-call outputs fit the budget.
+
+    Measured, not estimated: one sample is run through the engine under tracemalloc
+    (NumPy reports its buffers to it), counting every call's output and the peak of
+    the working memory on top. Raises when even one sample does not fit."""
+    import tracemalloc
+
+    from .limits import gib, max_memory
+
+    if collect:
+        return max(1, int(inputs[0].shape[0]))  # --save-outputs keeps every batch anyway
+    one = [np.asarray(a[:1]) for a in inputs]
+    arrays = [np.asarray(a, dtype=model.context.dtype) if a.dtype.kind == "f" else a for a in one]
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        per_call = model.graph.run(arrays, keep=True)[1]
+        held = sum(_nbytes(value) for value in per_call.values())
+        working = max(0, tracemalloc.get_traced_memory()[1] - base - held)
+    finally:
+        if started:
+            tracemalloc.stop()
+    per_sample = held * COPIES_HELD + working * WORKING_COPIES
+    if float64:
+        per_sample *= 2  # the float64 reference's outputs beside them
+    budget = int(max_memory() * ACTIVATION_SHARE)
+    if per_sample > budget:
+        raise KerascheckError(
+            f"a layer-by-layer diff needs {gib(per_sample)} per sample (every layer's "
+            f"output from both sides), over {ACTIVATION_SHARE:.0%} of the memory limit "
+            f"of {gib(max_memory())}; expected a model that fits (raise --max-memory, "
+            "or compare outputs only without --layer-wise)"
+        )
+    return max(1, budget // max(per_sample, 1))
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0))
 
 
 def _float64(values):

@@ -20,7 +20,7 @@ MAX_CONFIG_DEPTH = 200  # JSON nesting; Keras' own deepest configs are a few doz
 MAX_HDF5_DEPTH = 64  # nested groups in a weights file
 MAX_HDF5_NODES = 200_000  # groups and datasets in one file
 MAX_ATTR_BYTES = 64 * 2**20  # one HDF5 attribute (a model_config can be large)
-# What h5py cannot bound in work is bounded in time: a few seconds plus disk speed.
+# What h5py cannot bound in work is bounded in CPU time: a few seconds plus read speed.
 BASE_SECONDS = 5
 BYTES_PER_SECOND = 50 * 2**20
 MAX_NAME = 80
@@ -75,15 +75,16 @@ def clip(text, limit: int = MAX_NAME) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-
 @contextlib.contextmanager
 def deadline(seconds: int, what: str):
-    """Raise a KerascheckError if the block runs past `seconds` (main thread only:
-    SIGALRM; elsewhere the block simply runs). Nested deadlines keep the outer one."""
+    """Raise a KerascheckError if the block spends more than `seconds` of CPU time
+    (main thread only: SIGPROF; elsewhere the block simply runs). CPU time, not wall
+    time, so a busy machine does not fail a good file; a damaged file that makes a
+    loop spin burns CPU and is stopped. Nested deadlines keep the outer one."""
     usable = (
-        hasattr(signal, "SIGALRM")
+        hasattr(signal, "SIGPROF")
         and threading.current_thread() is threading.main_thread()
-        and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+        and signal.getitimer(signal.ITIMER_PROF)[0] == 0
     )
     if not usable:
         yield
@@ -91,13 +92,14 @@ def deadline(seconds: int, what: str):
 
     def expire(signum, frame):
         raise KerascheckError(
-            f"{what}: the HDF5 file did not finish reading in {seconds} s; it is damaged"
+            f"{what}: the file did not finish reading in {seconds} s of CPU time; "
+            "expected a readable model file, found a damaged one"
         )
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine import backprop
 from .engine.layers.recurrent import check_stateful_run
 from .engine.model import EngineModel
 from .engine.optimizers import copy_state, get_optimizer
@@ -359,7 +360,8 @@ def _engine_gradients(model, loss, xb, yb, wb, noise=None):
     """The loss, the weight gradients and each BatchNormalization's batch statistics;
     with `noise` None, the loss in inference mode only."""
     training = noise is not None
-    engine = engine_gradients(model, loss, xb, yb, wb, training, noise, backward=training)
+    with backprop.weight_gradients_only():  # no dL/d model input: a step never uses it
+        engine = engine_gradients(model, loss, xb, yb, wb, training, noise, backward=training)
     if not training:
         return EngineStep(engine.value, {}, {}, engine)
     flat = {

@@ -152,7 +152,8 @@ def test_audit_mixes_good_divergent_and_broken_models(audit_folder, tmp_path, mo
 
     monkeypatch.setattr(core.Dense, "call", broken)
     report, junit = tmp_path / "audit.json", tmp_path / "audit.xml"
-    result = run("audit", audit_folder, "--json", report, "--junit", junit)
+    # --jobs 1: the checks run in this process, where the engine is patched
+    result = run("audit", audit_folder, "--json", report, "--junit", junit, "--jobs", "1")
     assert result.exit_code == 2  # one model could not be checked; the others still were
     data = json.loads(report.read_text())
     statuses = {os.path.basename(m["model"]): m["status"] for m in data["models"]}

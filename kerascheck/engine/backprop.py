@@ -14,6 +14,8 @@ No TensorFlow here: `feed` and the upstream gradients are plain arrays.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,16 +88,41 @@ def constant_calls(graph: Graph) -> set[str]:
     constant of the weights, so the chain stops there instead of being refused."""
     from .base import Layer
 
-    behind: dict[tuple, bool] = {}  # does a trainable weight feed this tensor?
+    behind = weights_behind(graph)
     constant = set()
     for call in graph.spec.calls:
         layer = graph.layers[call.layer]
         upstream = any(behind.get((ref.layer, ref.call), False) for ref in call.refs)
-        has_weights = bool(layer.trainable_names())  # layers are built when the model loads
-        behind[(call.layer, call.index)] = upstream or has_weights
-        if not upstream and not has_weights and type(layer).vjp is Layer.vjp:
+        if not upstream and not layer.trainable_names() and type(layer).vjp is Layer.vjp:
             constant.add(call.name)
     return constant
+
+
+def weights_behind(graph: Graph) -> dict[tuple, bool]:
+    """{(layer, call index): whether a trainable weight feeds that call's output}."""
+    behind: dict[tuple, bool] = {}
+    for call in graph.spec.calls:
+        upstream = any(behind.get((ref.layer, ref.call), False) for ref in call.refs)
+        has_weights = bool(graph.layers[call.layer].trainable_names())  # built at load
+        behind[(call.layer, call.index)] = upstream or has_weights
+    return behind
+
+
+_INPUT_GRADIENTS = contextvars.ContextVar("kerascheck_input_gradients", default=True)
+
+
+@contextlib.contextmanager
+def weight_gradients_only():
+    """Within this block `backward` may skip the input gradient of a call whose inputs
+    no trainable weight lies behind (the model's first convolution: its dL/dx, the
+    costliest part of its backward, is dL/d model input, which a training step never
+    uses). Such a call's `d_inputs` and `model_inputs` are then None. `grad` reports
+    dL/d input, so only `train-step` uses this."""
+    token = _INPUT_GRADIENTS.set(False)
+    try:
+        yield
+    finally:
+        _INPUT_GRADIENTS.reset(token)
 
 
 def backward(
@@ -123,14 +150,16 @@ def backward(
         for index, g in enumerate(grads):
             _add(pending, TensorRef(call.layer, call.index, index), g)
     pre_activation = pre_activation or {}
+    behind = None if _INPUT_GRADIENTS.get() else weights_behind(graph)
     result = Gradients()
     for call in reversed(graph.spec.calls):
         d_out = _gathered(pending, call, tape.per_call[call.name])
         if d_out is None and call.name not in pre_activation:
             continue
         result.d_outputs[call.name] = d_out
+        needed = behind is None or any(behind.get((r.layer, r.call), False) for r in call.refs)
         d_inputs, d_weights, routed = _apply(
-            graph, tape, call, d_out, pre_activation.get(call.name)
+            graph, tape, call, d_out, pre_activation.get(call.name), needed
         )
         result.d_inputs[call.name] = d_inputs
         _add_weights(result.weights, graph, call, d_weights)
@@ -161,9 +190,12 @@ def _skip(call):
     return [None] * len(call.inputs), {}, []
 
 
-def _apply(graph, tape, call, d_out, d_pre):
+def _apply(graph, tape, call, d_out, d_pre, inputs_needed=True):
     """(dL/d each first-argument input, weight gradients, [(ref, grad)] for tensors
     passed in further arguments).
+
+    Without `inputs_needed`, a backward with a `weights_only` variant (convolutions)
+    computes the weight gradients alone and the inputs get None.
 
     A layer whose call reads tensors beyond its first argument (attention's
     `value`, an RNN's `initial_state`) returns a third item from its backward:
@@ -180,10 +212,12 @@ def _apply(graph, tape, call, d_out, d_pre):
                 f"layer '{call.layer}': the loss was taken from logits, but the layer has "
                 "no pre-activation backward"
             )
-        result = step(d_pre)
+        result = _call_backward(step, d_pre, inputs_needed)
     else:
-        result = back(d_out)
+        result = _call_backward(back, d_out, inputs_needed)
     d_inputs, d_weights = result[0], result[1]
+    if d_inputs is None and call.as_list:
+        d_inputs = [None] * len(call.inputs)
     extra = result[2] if len(result) > 2 else None
     if call.first is not None and tensor_refs(call.first):
         raise KerascheckError(
@@ -194,6 +228,11 @@ def _apply(graph, tape, call, d_out, d_pre):
     routed = _route_extra(graph, tape, call, extra)
     d_inputs = list(d_inputs) if call.as_list else [d_inputs]
     return d_inputs, ({} if frozen(graph.layers[call.layer]) else d_weights), routed
+
+
+def _call_backward(back, grad, inputs_needed):
+    weights_only = None if inputs_needed else getattr(back, "weights_only", None)
+    return back(grad) if weights_only is None else weights_only(grad)
 
 
 def _route_extra(graph, tape, call, extra):

@@ -571,15 +571,19 @@ class Adam(Optimizer):
         step = f(t + 1)
         b1_power, b2_power = f(c["beta_1"]) ** step, f(c["beta_2"]) ** step
         alpha = lr * np.sqrt(f(1) - b2_power) / (f(1) - b1_power)
-        m = slots["momentum"] + (g - slots["momentum"]) * self._one_minus(c["beta_1"], f)
-        v = slots["velocity"] + (g * g - slots["velocity"]) * self._one_minus(c["beta_2"], f)
+        # `old + (new - old) * (1 - beta)`, each step into the temporary it made.
+        m = _into(np.multiply, g - slots["momentum"], self._one_minus(c["beta_1"], f))
+        m = _into(np.add, m, slots["momentum"])
+        v = _into(np.subtract, g * g, slots["velocity"])
+        v = _into(np.multiply, v, self._one_minus(c["beta_2"], f))
+        v = _into(np.add, v, slots["velocity"])
         slots["momentum"], slots["velocity"] = m, v
         if c["amsgrad"]:
             v = slots["velocity_hat"] = np.maximum(slots["velocity_hat"], v)
         eps = f(c["epsilon"])
         if c.get("adaptive_epsilon"):  # tf_keras only
             eps = eps * np.sqrt(f(1) - b2_power)
-        return w - (m * alpha) / (np.sqrt(v) + eps)
+        return w - _into(np.divide, m * alpha, _into(np.add, np.sqrt(v), eps))
 
 
 class AdamW(Adam):
@@ -1013,6 +1017,21 @@ def _is_keras_module(module) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _into(ufunc, a, b):
+    """`ufunc(a, b)`, written into `a` when `a` is a plain temporary array the caller just
+    made and the result has its dtype and shape: the same values, one allocation fewer.
+    Never pass a weight, a gradient or a slot as `a`."""
+    if (
+        type(a) is np.ndarray
+        and a.base is None
+        and a.ndim
+        and np.result_type(a, b) == a.dtype
+        and np.broadcast_shapes(a.shape, np.shape(b)) == a.shape
+    ):
+        return ufunc(a, b, out=a)
+    return ufunc(a, b)
 
 
 def _weight(key: str, w) -> np.ndarray:

@@ -9,6 +9,7 @@ every read goes through `child`/`read_array`, which check again on the way.
 from __future__ import annotations
 
 import math
+import os
 
 import h5py
 import numpy as np
@@ -17,8 +18,15 @@ from ..errors import KerascheckError, UnsafeModelError
 from ..limits import MAX_ATTR_BYTES, MAX_HDF5_DEPTH, MAX_HDF5_NODES, check_bytes, clip
 
 
-def open_file(source, path: str) -> h5py.File:
-    """Open an HDF5 file read-only and refuse it if anything in it points elsewhere."""
+def open_file(source, path: str, probe_first: bool = True) -> h5py.File:
+    """Open an HDF5 file read-only and refuse it if anything in it points elsewhere.
+
+    `probe_first`: walk its structure in a child process first (`hdf5_probe`), so a
+    damaged file that hangs or crashes the HDF5 library ends in a clean error."""
+    if probe_first:
+        from .hdf5_probe import probe
+
+        probe(source, path, _size(source))
     try:
         handle = h5py.File(source, "r")
     except (OSError, ValueError) as exc:
@@ -31,6 +39,49 @@ def open_file(source, path: str) -> h5py.File:
         handle.close()
         raise
     return handle
+
+
+def _size(source) -> int:
+    if hasattr(source, "getbuffer"):
+        return source.getbuffer().nbytes
+    return os.path.getsize(source)
+
+
+def walk_metadata(handle: h5py.File, path: str) -> None:
+    """Touch what a real read uses besides the data, through the low-level API (fast):
+    every link, every dataset's storage size and chunk index, every attribute's
+    header and value (size-checked). Run by the probe's child."""
+    names = []
+
+    def seen(name, info):
+        if len(names) >= MAX_HDF5_NODES:
+            return 1  # stop; check_file names the limit
+        if info.type != h5py.h5l.TYPE_HARD or name.count(b"/") >= MAX_HDF5_DEPTH:
+            return 1  # check_file names the link or the depth
+        names.append(name)
+
+    fid = handle.id
+    fid.links.visit(seen, info=True)
+    _touch_attributes(fid, path)
+    for name in names:
+        node = h5py.h5o.open(fid, name)
+        _touch_attributes(node, path)
+        if isinstance(node, h5py.h5d.DatasetID):
+            node.get_storage_size()
+            if node.get_create_plist().get_layout() == h5py.h5d.CHUNKED:
+                node.get_num_chunks()
+
+
+def _touch_attributes(node, path: str) -> None:
+    for index in range(h5py.h5a.get_num_attrs(node)):
+        attr = h5py.h5a.open(node, index=index)
+        declared = math.prod(attr.shape or ()) * attr.dtype.itemsize
+        if declared > MAX_ATTR_BYTES:
+            raise KerascheckError(
+                f"{path}: expected HDF5 attributes of at most {MAX_ATTR_BYTES} bytes, "
+                f"found one of {declared}"
+            )
+        attr.read(np.empty(attr.shape or (), dtype=attr.dtype))
 
 
 def check_file(handle: h5py.File, path: str) -> None:

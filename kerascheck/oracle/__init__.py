@@ -109,12 +109,16 @@ def quiet(native: bool = True):
 
 def _import(flavor: str):
     if not VERBOSE:
-        # Before the import: TensorFlow reads these once. oneDNN stays as it is
-        # (TF_ENABLE_ONEDNN_OPTS would change the numbers); its notice is muted.
+        # Before the import: TensorFlow reads these once. oneDNN's notice is muted.
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow's own CPU kernels cannot run channels-first convolutions and pooling
+    # (or dilated transposed convolutions); oneDNN's can, and TensorFlow enables it by
+    # default only on CPUs with AVX-512. Enabled everywhere, so a channels-first model
+    # gets a Keras oracle on every CPU (an explicit setting is kept).
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     try:
         with quiet():
             import tensorflow as tf

@@ -16,6 +16,15 @@ saved and restored around two extra calls on ones and zeros, so the exact
 generators that cannot be replayed: the scale is read as output / input, and
 where the input is exactly 0 (after a ReLU) as Keras' own dL/d input over
 dL/d output; where both are 0 nothing depends on it.
+
+Dropout inside recurrent layers and on attention weights is recorded while the
+layer runs: the cells' mask getters (Keras 3 `get_dropout_mask`, tf_keras
+`get_dropout_mask_for_cell`, also on tf_keras' fused LSTM/GRU layer itself)
+are wrapped on the instance for the duration of the call and what they return
+is kept, in the form Keras applies it (one shared mask, or one per gate). For
+attention, Keras 3's draw is replayed on ones from the saved seed-generator
+state; tf_keras' generator is wrapped and the mask read from the dropped
+weights (where a weight is exactly 0, its mask changes nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +39,13 @@ from ..loading.spec import ModelSpec, resolve
 from . import _flat, _import, _numpy, _operations, load_keras_model
 
 ADDITIVE_NOISE = {"GaussianNoise"}
+ATTENTION = {
+    "Attention",
+    "AdditiveAttention",
+    "MultiHeadAttention",
+    "GroupedQueryAttention",
+    "GroupQueryAttention",
+}
 
 
 @dataclass
@@ -40,7 +56,10 @@ class KerasGradients:
     d_outputs: dict  # {call name: dL/d output (list for several), None if unused}
     d_inputs: dict  # {call name: [dL/d each first-argument input, as this call saw it]}
     weights: dict  # {layer name: {index in layer.weights: dL/dw}}
-    noise: dict = field(default_factory=dict)  # {call name: (scale, shift)}
+    # {call name: (scale, shift)} for dropout and noise layers; for a recurrent layer
+    # {"sequence": mask or None, "cells": [{"input": m, "recurrent": m}, ...]} (Bidirectional:
+    # {"forward": ..., "backward": ...}), for an attention layer the weights' mask
+    noise: dict = field(default_factory=dict)
     d_logits: dict = field(default_factory=dict)  # {call name: dL/d logits} (logits path)
     logits: dict = field(default_factory=dict)  # {call name: the logits Keras' loss used}
     seconds: float = 0.0
@@ -142,7 +161,13 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
                     f"Keras failed to run layer '{call.layer}' ({type(layer).__name__}) "
                     f"in {'training' if training else 'inference'} mode: {message}"
                 )
-            values[(call.layer, call.index)] = _flat(output)
+            output = _flat(output)
+            if isinstance(output, list) and len(output) > 1:
+                # Each output its own leaf: one output may be computed from another (the
+                # attention scores, an RNN's output that is its state), and dL/d that
+                # output must be only what reaches it from outside the call.
+                output = [_private_copy(tf, item) for item in output]
+            values[(call.layer, call.index)] = output
         y_pred = [tensor(ref) for ref in spec.outputs]
         y = [tf.constant(t) for t in targets]
         weights = None if sample_weight is None else tf.constant(sample_weight)
@@ -200,10 +225,11 @@ def _refine_read_back_masks(result: KerasGradients, unknown_masks: dict, spec) -
     """Where a read-back (tf_keras) multiplicative mask was unknown (input exactly 0),
     Keras' own backward tells it: dL/d input = mask * dL/d output."""
     layer_of = {c.name: c.layer for c in spec.calls}
-    for name, (scale, shift) in list(result.noise.items()):
+    for name, value in list(result.noise.items()):
         unknown = unknown_masks.pop(layer_of[name], None)
-        if unknown is None:
+        if unknown is None:  # also every recurrent and attention layer's masks
             continue
+        scale, shift = value
         d_out = result.d_outputs.get(name)
         d_in = (result.d_inputs.get(name) or [None])[0]
         if d_out is None or d_in is None or isinstance(d_out, list):
@@ -249,8 +275,14 @@ def _takes_training(layer) -> bool:
 
 
 def _noisy_call(runner, layer, argument, args, kwargs):
-    """Run a dropout or noise layer and read back the (scale, shift) it applied."""
+    """Run a dropout or noise layer and read back the (scale, shift) it applied;
+    for recurrent and attention layers, the masks their dropout drew."""
     import tensorflow as tf
+
+    if hasattr(layer, "cell") or hasattr(layer, "forward_layer"):
+        return _recurrent_call(runner, layer, argument, args, kwargs)
+    if type(layer).__name__ in ATTENTION:
+        return _attention_call(runner, layer, argument, args, kwargs)
 
     generator = getattr(layer, "seed_generator", None)
     state = getattr(generator, "state", None)
@@ -277,6 +309,173 @@ def _noisy_call(runner, layer, argument, args, kwargs):
         scale = np.where(x != 0, y / np.where(x != 0, x, 1), 0.0).astype(x.dtype)
     runner.unknown_masks[layer.name] = x == 0
     return output, (scale, 0.0)
+
+
+class _Spy:
+    """Replace `obj.name` by `make(original)` on the instance, for one call only."""
+
+    def __init__(self, obj, name, make):
+        self.obj, self.name, self.make = obj, name, make
+
+    def __enter__(self):
+        self.own = self.name in vars(self.obj)
+        self.original = getattr(self.obj, self.name)
+        object.__setattr__(self.obj, self.name, self.make(self.original))
+        return self
+
+    def __exit__(self, *exc):
+        if self.own:
+            object.__setattr__(self.obj, self.name, self.original)
+        else:
+            object.__delattr__(self.obj, self.name)
+        return False
+
+
+def _leaf_cells(cell) -> list:
+    """A (possibly stacked) cell's own cells, in order."""
+    inner = getattr(cell, "cells", None)
+    if isinstance(inner, (list, tuple)):
+        return [leaf for c in inner for leaf in _leaf_cells(c)]
+    return [cell]
+
+
+def _recording(store, key):
+    """A getter wrapper keeping the last mask the getter returned."""
+
+    def make(original):
+        def getter(*args, **kwargs):
+            value = original(*args, **kwargs)
+            if value is not None:
+                store[key] = value
+            return value
+
+        return getter
+
+    return make
+
+
+def _as_applied(cell, mask, rate):
+    """A recorded cell mask as Keras applies it: None, one array for every gate, or a
+    list with one per gate. LSTM/GRU/ConvLSTM cells skip dropout unless 0 < rate < 1
+    (SimpleRNN applies any mask it drew); tf_keras' `implementation=2` cells use the
+    first of their per-gate masks for the fused kernel."""
+    if mask is None:
+        return None
+    if "SimpleRNN" not in type(cell).__name__ and not 0.0 < float(rate) < 1.0:
+        return None
+    if isinstance(mask, (list, tuple)):
+        if getattr(cell, "implementation", 1) != 1:
+            return np.asarray(mask[0])
+        return [np.asarray(m) for m in mask]
+    return np.asarray(mask)
+
+
+def _recurrent_call(runner, layer, argument, args, kwargs):
+    """Run a recurrent layer (or Bidirectional: each direction on its own) and record
+    the dropout masks its cells applied."""
+    from contextlib import ExitStack
+
+    directions = (
+        {"forward": layer.forward_layer, "backward": layer.backward_layer}
+        if hasattr(layer, "forward_layer") and not hasattr(layer, "cell")
+        else {None: layer}
+    )
+    keras3 = runner.flavor == "keras"
+    getters = (
+        ("get_dropout_mask", "get_recurrent_dropout_mask")
+        if keras3
+        else ("get_dropout_mask_for_cell", "get_recurrent_dropout_mask_for_cell")
+    )
+    stores = {}
+    with ExitStack() as stack:
+        for role, rnn in directions.items():
+            store = stores[role] = {}
+            for index, cell in enumerate(_leaf_cells(rnn.cell)):
+                for kind, getter in zip(("input", "recurrent"), getters):
+                    if hasattr(cell, getter):
+                        stack.enter_context(_Spy(cell, getter, _recording(store, (index, kind))))
+            if not keras3 and hasattr(rnn, getters[0]):  # tf_keras' fused LSTM/GRU
+                stack.enter_context(_Spy(rnn, getters[0], _recording(store, "sequence")))
+        output = layer(argument, *args, **kwargs)
+    noise = {}
+    for role, rnn in directions.items():
+        store, cells = stores[role], []
+        for index, cell in enumerate(_leaf_cells(rnn.cell)):
+            cells.append(
+                {
+                    "input": _as_applied(cell, store.get((index, "input")), cell.dropout),
+                    "recurrent": _as_applied(
+                        cell, store.get((index, "recurrent")), cell.recurrent_dropout
+                    ),
+                }
+            )
+        sequence = store.get("sequence")
+        if isinstance(sequence, (list, tuple)):  # count masks drawn, the first applied
+            sequence = sequence[0]
+        noise[role] = {
+            "sequence": None if sequence is None else np.asarray(sequence),
+            "cells": cells,
+        }
+    return output, noise[None] if None in noise else noise
+
+
+def _attention_call(runner, layer, argument, args, kwargs):
+    """Run an attention layer and record the mask its dropout applied to the weights."""
+    recorded = []
+    if runner.flavor == "keras":
+        if hasattr(layer, "_dropout_layer"):  # MultiHeadAttention, GroupedQueryAttention
+            target, name = layer._dropout_layer, "call"
+            generator = target.seed_generator
+
+            def replay(original, inputs, *a, **kw):
+                return original(runner.module.ops.ones_like(inputs), *a, **kw)
+
+        else:  # Attention, AdditiveAttention: backend.random.dropout in `_apply_scores`
+            target, name = layer, "_apply_scores"
+            generator = layer.seed_generator
+
+            def replay(original, *a, **kw):  # the weights have the scores' shape
+                ones = runner.module.ops.ones_like(a[0] if a else kw["scores"])
+                return runner.module.random.dropout(ones, layer.dropout, seed=generator)
+
+        def make(original):
+            def spy(*a, **kw):
+                before = generator.state.numpy()
+                out = original(*a, **kw)
+                after = generator.state.numpy()
+                if not np.array_equal(before, after):  # a draw happened: replay it
+                    generator.state.assign(before)
+                    recorded.append(np.asarray(replay(original, *a, **kw)))
+                    generator.state.assign(after)
+                return out
+
+            return spy
+    else:
+        source = getattr(layer, "_dropout_layer", layer)
+        target, name = getattr(source, "_random_generator", None), "dropout"
+        if target is None:
+            raise KerascheckError(
+                f"layer '{layer.name}' ({type(layer).__name__}): tf_keras drew its attention "
+                "dropout from no generator kerascheck can observe; use --mode inference"
+            )
+
+        def make(original):
+            def spy(inputs, rate, *a, **kw):
+                out = original(inputs, rate, *a, **kw)
+                scale = np.asarray(1.0 / (1.0 - float(rate)), dtype=np.asarray(out).dtype)
+                recorded.append(np.where(np.asarray(out) != 0, scale, np.zeros((), scale.dtype)))
+                return out
+
+            return spy
+
+    with _Spy(target, name, make):
+        output = layer(argument, *args, **kwargs)
+    if len(recorded) != 1:
+        raise KerascheckError(
+            f"layer '{layer.name}' ({type(layer).__name__}): expected one attention dropout "
+            f"draw in training mode, found {len(recorded)}; use --mode inference"
+        )
+    return output, recorded[0]
 
 
 def _compute_loss(runner, model, arrays, y, y_pred, weights):

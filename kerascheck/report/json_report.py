@@ -26,6 +26,7 @@ def diff_report(result: DiffResult) -> dict:
         "tolerance": {"atol": comparison.tolerance.atol, "rtol": comparison.tolerance.rtol},
         "first_divergence": comparison.first_divergence,
         "batch": result.batch,
+        "batches": result.batches,
         "timing": {"engine_seconds": result.engine_seconds, "keras_seconds": result.keras_seconds},
         "graph_check_max_abs_diff": result.graph_check,
         "stateful": {"layers": result.stateful, "states": "reset before the run"}

@@ -73,10 +73,12 @@ def diff_table(result: DiffResult) -> Group:
     lines = [table]
     verdict = Text()
     tol = comparison.tolerance
+    own_tolerance = [r for r in comparison.layers if r.tolerance]
     if comparison.status == "match":
         verdict.append("MATCH", style="bold green")
         verdict.append(
             f": every compared output within atol={tol.atol:g} + rtol={tol.rtol:g} x max|keras|"
+            + (" or its layer's own tolerance (below)" if own_tolerance else "")
         )
         drift = [r for r in comparison.layers if r.status == "drift"]
         if drift:
@@ -105,6 +107,14 @@ def diff_table(result: DiffResult) -> Group:
                 f"keras {row.keras_value:.6g})"
             )
     lines.append(verdict)
+    if own_tolerance:
+        shown = ", ".join(
+            f"{display(r.name)} rtol={r.tolerance['rtol']:g}"
+            + (f" ({r.tolerance['why']})" if r.tolerance.get("why") else "")
+            for r in own_tolerance[:4]
+        )
+        more = f" and {len(own_tolerance) - 4} more" if len(own_tolerance) > 4 else ""
+        lines.append(Text(f"per-layer tolerances in force: {shown}{more}"))
     if result.stateful:
         lines.append(Text(f"stateful: states reset before the run ({_names(result.stateful)})"))
     lines.append(

@@ -212,12 +212,13 @@ def test_dense_attention_masks(tmp_path, cls, scores):
     check_grad(tmp_path, build, [QUERY_TOKENS, VALUE_TOKENS])
 
 
-def test_attention_dropout_refused(tmp_path):
+def test_attention_dropout_in_training_needs_the_mask_keras_drew(tmp_path):
+    """The mask comes from Keras' taped pass (tests/engine/test_dropout_training.py)."""
     k = keras_module("keras")
     inputs = [k.Input(shape=(4, 4)), k.Input(shape=(5, 4))]
     model = k.Model(inputs, k.layers.Attention(dropout=0.5)(inputs))
     ours = kerascheck.load(save(model, str(tmp_path), "keras"))
-    with pytest.raises(KerascheckError, match="dropout"):
+    with pytest.raises(KerascheckError, match="masks come from Keras"):
         backprop.forward(ours.graph, sequences(4, 5), True)
     backprop.forward(ours.graph, sequences(4, 5), False)  # inference has no dropout
 
@@ -333,12 +334,12 @@ def test_gate_and_sliding_window(tmp_path, cls):
     check_grad(tmp_path, build, sequences(4, 4), flavors=("keras",))
 
 
-def test_multi_head_attention_dropout_refused(tmp_path):
+def test_multi_head_attention_dropout_in_training_needs_the_mask_keras_drew(tmp_path):
     k = keras_module("keras")
     q, v = k.Input(shape=(4, 4)), k.Input(shape=(5, 4))
     model = k.Model([q, v], k.layers.MultiHeadAttention(2, 3, dropout=0.2)(q, v))
     ours = kerascheck.load(save(model, str(tmp_path), "keras"))
-    with pytest.raises(KerascheckError, match="dropout"):
+    with pytest.raises(KerascheckError, match="masks come from Keras"):
         backprop.forward(ours.graph, sequences(4, 5), True)
 
 

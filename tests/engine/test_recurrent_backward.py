@@ -368,11 +368,14 @@ def test_conv_lstm(request, tmp_path, cls, options, shape, flavors):
     assert worst <= GRAD_RTOL
 
 
-# -- refused --------------------------------------------------------------------------------
+# -- dropout without Keras' masks ------------------------------------------------------------
 
 
-def test_dropout_in_training_is_refused(tmp_path):
+def test_dropout_in_training_needs_the_masks_keras_drew(tmp_path):
+    """The masks come from Keras' taped pass (tests/engine/test_dropout_training.py);
+    without them the engine names what is missing instead of drawing its own."""
     model = build_model("keras", lambda k: k.layers.LSTM(3, dropout=0.5), SHAPE)
     ours = kerascheck.load(save(model, str(tmp_path), "keras"))
-    with pytest.raises(KerascheckError, match="dropout"):
+    with pytest.raises(KerascheckError, match="masks come from Keras"):
         backprop.forward(ours.graph, [make_input((3, *SHAPE))], training=True)
+    backprop.forward(ours.graph, [make_input((3, *SHAPE))], training=False)

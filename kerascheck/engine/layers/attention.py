@@ -28,6 +28,7 @@ from .. import activations
 from ..base import Layer
 from .activations import masked_softmax, masked_softmax_vjp
 from .core import EinsumDense
+from .recurrent import NEEDS_MASKS
 
 SCORE_MASK_OFFSET = 1e9  # Attention/AdditiveAttention (float32; 65504 for float16)
 DOT_PRODUCT_NEGATIVE = -0.7 * 3.38953e38  # keras/src/backend/tensorflow/nn.py
@@ -55,7 +56,31 @@ def merge_masks(*masks):
 # --- Attention, AdditiveAttention ---------------------------------------------
 
 
-class DenseAttention(Layer):
+class _AttentionDropout:
+    """Training-mode dropout of the attention weights, replayed from Keras' own draw."""
+
+    @property
+    def dropout_rate(self) -> float:
+        return float(self.config.get("dropout") or 0.0)
+
+    @property
+    def uses_noise(self) -> bool:
+        return self.dropout_rate > 0
+
+    def dropout_mask(self, training, noise):
+        """The realized mask (0 or 1/(1-rate) per attention weight) Keras applied in its
+        taped training pass; None when nothing is dropped."""
+        if not training or not self.uses_noise:
+            return None
+        if noise is None:
+            raise self.error(
+                f"dropout={self.dropout_rate} on the attention weights in training mode "
+                f"{NEEDS_MASKS}"
+            )
+        return np.asarray(noise)
+
+
+class DenseAttention(_AttentionDropout, Layer):
     """Shared call of Keras' Luong and Bahdanau layers; subclasses compute the scores.
 
     Old tf_keras files may carry `causal: true` in the config (later a call
@@ -108,11 +133,7 @@ class DenseAttention(Layer):
         offset from masked scores passes their gradient on unchanged."""
         if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
             raise self.error("expected a list [query, value] or [query, value, key]")
-        if training and float(self.config.get("dropout") or 0.0) > 0:
-            raise self.error(
-                "kerascheck has no backward pass for attention dropout in training "
-                "(dropout > 0) yet; `grad` cannot differentiate through it"
-            )
+        drop = self.dropout_mask(training, noise)
         query, value = inputs[0], inputs[1]
         with_key = len(inputs) > 2
         key = inputs[2] if with_key else value
@@ -126,7 +147,9 @@ class DenseAttention(Layer):
         if scores_mask is not None:
             offset = np.asarray(_score_offset(scores.dtype), dtype=scores.dtype)
             scores = np.where(scores_mask, scores, scores - offset)
-        weights = activations.softmax(scores, axis=-1)
+        probabilities = activations.softmax(scores, axis=-1)
+        # Keras drops the attention weights themselves and returns them dropped
+        weights = probabilities if drop is None else probabilities * drop
         output = np.matmul(weights, value)
         keep = None
         if query_mask is not None:
@@ -143,7 +166,9 @@ class DenseAttention(Layer):
             if d_weights is not None:
                 d_w = d_w + d_weights
             d_value = np.matmul(np.swapaxes(weights, -2, -1), d_output)
-            d_scores = activations._softmax_backward(scores, weights, d_w, axis=-1)
+            if drop is not None:
+                d_w = d_w * drop
+            d_scores = activations._softmax_backward(scores, probabilities, d_w, axis=-1)
             d_query, d_key, d_params = scores_backward(d_scores)
             if with_key:
                 return [d_query, d_value, d_key], d_params
@@ -232,7 +257,7 @@ class AdditiveAttention(DenseAttention):
 # --- MultiHeadAttention, GroupedQueryAttention --------------------------------
 
 
-class ProjectedAttention(Layer):
+class ProjectedAttention(_AttentionDropout, Layer):
     """Shared machinery of the layers built from EinsumDense projections.
 
     The projections' shapes depend on value and key, which the graph's `build`
@@ -311,11 +336,7 @@ class ProjectedAttention(Layer):
         """
         if value is None:
             raise self.error("expected a `value` tensor beside the query")
-        if training and self.dropout > 0:
-            raise self.error(
-                "kerascheck has no backward pass for attention dropout in training "
-                f"(dropout={self.dropout}) yet; `grad` cannot differentiate through it"
-            )
+        drop = self.dropout_mask(training, noise)
         with_key = key is not None
         key = value if key is None else key
         if not self.parts:
@@ -328,8 +349,10 @@ class ProjectedAttention(Layer):
         v_proj, back_v = self.parts["value"].vjp(value)
         k, v = self.heads(k_proj, v_proj)
         dot_path = self.dot_product_path(q, return_attention_scores)
-        attend = self.dot_product_vjp if dot_path else self.softmax_path_vjp
-        attended, weights, back_attention = attend(q, k, v, mask)
+        if dot_path:
+            attended, weights, back_attention = self.dot_product_vjp(q, k, v, mask)
+        else:
+            attended, weights, back_attention = self.softmax_path_vjp(q, k, v, mask, drop)
         gated = attended
         if self.use_gate:
             gate, back_gate = self.parts["gate"].vjp(query)
@@ -398,8 +421,10 @@ class ProjectedAttention(Layer):
 
         return output, None, backward
 
-    def softmax_path_vjp(self, q, k, v, mask):
-        """`softmax_path` and its backward `(d_output, d_weights) -> (d_q, d_k, d_v)`."""
+    def softmax_path_vjp(self, q, k, v, mask, drop=None):
+        """`softmax_path` and its backward `(d_output, d_weights) -> (d_q, d_k, d_v)`.
+        `drop`: the dropout mask Keras' `_dropout_layer` applied to the weights before
+        combining them with the values (the returned scores are the undropped ones)."""
         scale = np.asarray(self.inverse_sqrt, dtype=q.dtype)
         q_scaled = q * scale
         scores = self.score(q_scaled, k)
@@ -409,11 +434,14 @@ class ProjectedAttention(Layer):
         weights, back_softmax = masked_softmax_vjp(
             scores, mask, axes, self.context.keras_major, self.robust_masking
         )
-        output = self.combine(weights, v)
+        dropped = weights if drop is None else weights * drop
+        output = self.combine(dropped, v)
         score_specs, combine_specs = self.score_specs(), self.combine_specs()
 
         def backward(d_output, d_weights=None):
-            d_w, d_v = _einsum_backward(combine_specs, weights, v, d_output)
+            d_w, d_v = _einsum_backward(combine_specs, dropped, v, d_output)
+            if drop is not None:
+                d_w = d_w * drop
             if d_weights is not None:
                 d_w = d_w + d_weights
             d_scores = back_softmax(d_w)

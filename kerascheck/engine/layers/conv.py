@@ -53,7 +53,11 @@ def correlate(x, kernel, strides, dilation, padding, groups=1):
     if _is_depthwise(kernel.shape, groups):
         return _depthwise(x, kernel, strides, dilation, padding)
     patches, lead = _patches(x, kernel.shape, strides, dilation, padding, groups)
-    y = np.matmul(patches, _kernel_matrices(kernel, groups).astype(x.dtype, copy=False))
+    return _patches_times_kernel(patches, lead, kernel, groups)
+
+
+def _patches_times_kernel(patches, lead, kernel, groups):
+    y = np.matmul(patches, _kernel_matrices(kernel, groups).astype(patches.dtype, copy=False))
     return _ungroup(y).reshape(*lead, -1)  # (groups, N, out/groups) -> (*lead, out)
 
 
@@ -66,6 +70,10 @@ def correlate_kernel_grad(x, dz, kernel_shape, strides, dilation, padding, group
     if _is_depthwise(kernel_shape, groups):
         return _depthwise_kernel_grad(x, dz, kernel_shape, strides, dilation, padding)
     patches, _ = _patches(x, kernel_shape, strides, dilation, padding, groups)
+    return _patches_kernel_grad(patches, dz, kernel_shape, groups)
+
+
+def _patches_kernel_grad(patches, dz, kernel_shape, groups):
     grads = np.matmul(patches.transpose(0, 2, 1), _group(dz, groups))  # (groups, taps*in/g, out/g)
     return grads.transpose(1, 0, 2).reshape(kernel_shape)  # undoes `_kernel_matrices`
 
@@ -95,16 +103,47 @@ def correlate_input_grad(dz, kernel, sizes, strides, dilation, before, groups=1)
     return _col2im(dz, kernel, sizes, strides, dilation, before, groups)
 
 
-def correlate_vjp(x, kernel, strides, dilation, padding, groups=1):
-    """`correlate(x, kernel, ...)` and its backward, `dy -> (dx, d_kernel)`."""
-    y = correlate(x, kernel, strides, dilation, padding, groups)
+# The forward's patch matrix (or depthwise window view) is kept for the kernel gradient
+# up to this size; beyond it the backward copies the windows again instead.
+KEEP_PATCHES_BYTES = 512 * 2**20
 
-    def backward(dy):
-        sizes = x.shape[1:-1]
-        pads = resolve_padding(sizes, kernel.shape, strides, dilation, padding)
-        before = [b for b, _ in pads]
-        dx = correlate_input_grad(dy, kernel, sizes, strides, dilation, before, groups)
-        return dx, correlate_kernel_grad(x, dy, kernel.shape, strides, dilation, padding, groups)
+
+def correlate_vjp(x, kernel, strides, dilation, padding, groups=1):
+    """`correlate(x, kernel, ...)` and its backward, `dy -> (dx, d_kernel)`.
+
+    The kernel gradient reuses the forward's im2col patches (depthwise: its padded
+    window view) rather than padding and copying the windows a second time.
+    """
+    rank = kernel.ndim - 2
+    if _is_depthwise(kernel.shape, groups):
+        view = _windows(x, kernel.shape[:rank], strides, dilation, padding)
+        y = _depthwise_on(view, kernel)
+
+        def kernel_grad(dy):
+            return _depthwise_kernel_grad_on(view, dy, kernel.shape)
+
+    else:
+        patches, lead = _patches(x, kernel.shape, strides, dilation, padding, groups)
+        y = _patches_times_kernel(patches, lead, kernel, groups)
+        kept = patches if patches.nbytes <= KEEP_PATCHES_BYTES else None
+        del patches
+
+        def kernel_grad(dy):
+            if kept is None:
+                return correlate_kernel_grad(
+                    x, dy, kernel.shape, strides, dilation, padding, groups
+                )
+            return _patches_kernel_grad(kept, dy, kernel.shape, groups)
+
+    def backward(dy, need_input=True):
+        """(dx, d_kernel); dx is None when `need_input` is False (x is a model input)."""
+        dx = None
+        if need_input:
+            sizes = x.shape[1:-1]
+            pads = resolve_padding(sizes, kernel.shape, strides, dilation, padding)
+            before = [b for b, _ in pads]
+            dx = correlate_input_grad(dy, kernel, sizes, strides, dilation, before, groups)
+        return dx, kernel_grad(dy)
 
     return y, backward
 
@@ -276,19 +315,30 @@ def _subscripts(rank):
 def _depthwise(x, kernel, strides, dilation, padding):
     """y[o, c*M + m] = sum over taps t of x's window o at tap t, channel c, times K[t, c, m]."""
     rank = kernel.ndim - 2
+    return _depthwise_on(_windows(x, kernel.shape[:rank], strides, dilation, padding), kernel)
+
+
+def _depthwise_on(view, kernel):
+    """`_depthwise` on the padded input's window view (B, *out, *k, C)."""
+    rank = kernel.ndim - 2
     o, t = _subscripts(rank)
-    view = _windows(x, kernel.shape[:rank], strides, dilation, padding)
-    kernel = kernel.reshape(_depthwise_kernel(kernel.shape, x.shape[-1]))
-    y = np.einsum(f"b{o}{t}c,{t}cm->b{o}cm", view, kernel.astype(x.dtype, copy=False))
+    kernel = kernel.reshape(_depthwise_kernel(kernel.shape, view.shape[-1]))
+    y = np.einsum(f"b{o}{t}c,{t}cm->b{o}cm", view, kernel.astype(view.dtype, copy=False))
     return y.reshape(*y.shape[:-2], -1)
 
 
 def _depthwise_kernel_grad(x, dz, kernel_shape, strides, dilation, padding):
     """dK[t, c, m] = sum over batch and positions o of x's window o at tap t times dz[o, c, m]."""
     rank = len(kernel_shape) - 2
-    o, t = _subscripts(rank)
     view = _windows(x, kernel_shape[:rank], strides, dilation, padding)
-    split = _depthwise_kernel(kernel_shape, x.shape[-1])
+    return _depthwise_kernel_grad_on(view, dz, kernel_shape)
+
+
+def _depthwise_kernel_grad_on(view, dz, kernel_shape):
+    """`_depthwise_kernel_grad` on the padded input's window view (B, *out, *k, C)."""
+    rank = len(kernel_shape) - 2
+    o, t = _subscripts(rank)
+    split = _depthwise_kernel(kernel_shape, view.shape[-1])
     grad = np.einsum(f"b{o}{t}c,b{o}cm->{t}cm", view, dz.reshape(*dz.shape[:-1], *split[-2:]))
     return grad.reshape(kernel_shape)
 
@@ -441,25 +491,35 @@ class _Convolution(Layer):
 
     def vjp(self, x, training=False, noise=None):
         z, backward_z = self.biased_vjp(x)
-        return with_activation(self.activation, z, backward_z)
+        y, backward = with_activation(self.activation, z, backward_z)
+
+        def weights_only(d_output):
+            return backward_z.weights_only(activations.backward(self.activation, z, y, d_output))
+
+        # The backprop walk calls `weights_only` where nothing needs dL/dx (a model input).
+        backward.weights_only = weights_only
+        return y, backward
 
     def biased_vjp(self, x):
-        """The convolution plus bias in the layer's data format, and its backward."""
+        """The convolution plus bias in the layer's data format, and its backward
+        (with a `weights_only` variant that skips the input gradient)."""
         y, backward_y = self.convolve_vjp(to_channels_last(x, self.data_format))
         if self.use_bias:  # in place: y is this call's own new array
             y += self.w["bias"].astype(y.dtype, copy=False)
 
-        def backward(dz):
+        def backward(dz, need_input=True):
             dy = to_channels_last(dz, self.data_format)
-            dx, grads = backward_y(dy)
+            dx, grads = backward_y(dy, need_input)
             if self.use_bias:
                 grads["bias"] = dy.sum(axis=tuple(range(dy.ndim - 1)))
-            return from_channels_last(dx, self.data_format), grads
+            return (None if dx is None else from_channels_last(dx, self.data_format)), grads
 
+        backward.weights_only = lambda dz: backward(dz, need_input=False)
         return from_channels_last(y, self.data_format), backward
 
     def convolve_vjp(self, x):
-        """(bias-free result, backward) on a channels-last `x`; backward(dy) -> (dx, grads)."""
+        """(bias-free result, backward) on a channels-last `x`;
+        backward(dy, need_input=True) -> (dx, or None without need_input; grads)."""
         raise NotImplementedError
 
 
@@ -475,8 +535,8 @@ class _Conv(_Convolution):
     def convolve_vjp(self, x):
         y, backward = correlate_vjp(x, self.w["kernel"], *self.window, self.groups)
 
-        def backward_named(dy):
-            dx, d_kernel = backward(dy)
+        def backward_named(dy, need_input=True):
+            dx, d_kernel = backward(dy, need_input)
             return dx, {"kernel": d_kernel}
 
         return y, backward_named
@@ -511,8 +571,8 @@ class _DepthwiseConv(_Convolution):
         grouped = kernel.reshape(*kernel.shape[:-2], 1, channels * multiplier)
         y, backward = correlate_vjp(x, grouped, *self.window, groups=channels)
 
-        def backward_named(dy):
-            dx, d_grouped = backward(dy)
+        def backward_named(dy, need_input=True):
+            dx, d_grouped = backward(dy, need_input)
             return dx, {"depthwise_kernel": d_grouped.reshape(kernel.shape)}
 
         return y, backward_named
@@ -546,9 +606,9 @@ class _SeparableConv(_DepthwiseConv):
         unit = (1,) * self.rank
         z, pointwise_backward = correlate_vjp(y, self.w["pointwise_kernel"], unit, unit, "valid")
 
-        def backward(dz):
+        def backward(dz, need_input=True):
             dy, d_pointwise = pointwise_backward(dz)
-            dx, grads = depthwise_backward(dy)
+            dx, grads = depthwise_backward(dy, need_input)
             return dx, {**grads, "pointwise_kernel": d_pointwise}
 
         return z, backward
@@ -584,10 +644,10 @@ class _ConvTranspose(_Convolution):
         args = (self.strides, self.dilation, self.padding, self.output_padding)
         y = transpose_correlate(x, kernel, *args)
 
-        def backward(dy):
+        def backward(dy, need_input=True):
             padded = pad_or_crop(dy, transposed_padding(x, kernel, *args)[1])
             conv = (self.strides, self.dilation, "valid")
-            dx = correlate(padded, kernel, *conv)
+            dx = correlate(padded, kernel, *conv) if need_input else None
             return dx, {"kernel": correlate_kernel_grad(padded, x, kernel.shape, *conv)}
 
         return y, backward

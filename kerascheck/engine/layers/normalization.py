@@ -107,6 +107,50 @@ def normalize_vjp(x, mean, variance, epsilon, gamma=None, beta=None, share=None)
     return y, backward
 
 
+def batch_normalize_vjp(x, axes, epsilon, gamma=None, beta=None):
+    """Training-mode normalization over `axes` with the batch's own moments, fused.
+
+    The values of `moments` then `normalize_vjp(..., share=1/n)`, up to the
+    order of float32 sums, in fewer passes over `x`: the centered `x - mean` is
+    computed once, for the variance, the output and the backward; per-channel
+    sums of products are `einsum` contractions (no product array); and the
+    backward is one affine map per element, `dx = a*dy + b*(x - mean) + c`,
+    whose per-channel `a, b, c` come from two sums. Returns
+    `(y, backward, mean, variance)`; `backward(dy)` gives `(dx, d_gamma, d_beta)`
+    in the parameters' broadcast shapes (None where absent).
+    """
+    axes = tuple(axes)
+    mean = np.mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    count = _c(x, x.size // max(mean.size, 1))
+    variance = _channel_dot(centered, centered, axes, mean.shape) / count
+    inv = _c(x, 1.0) / np.sqrt(variance + _c(x, epsilon))
+    scale = inv if gamma is None else inv * gamma
+    y = centered * scale
+    if beta is not None:
+        y += beta
+
+    def backward(dy):
+        sum_dy = np.sum(dy, axis=axes, keepdims=True)
+        sum_dy_centered = _channel_dot(dy, centered, axes, mean.shape)
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = centered * inv
+        dx = centered * (-scale * inv * inv * (sum_dy_centered / count))
+        dx -= scale * (sum_dy / count)
+        dx += np.multiply(dy, scale, dtype=dx.dtype)
+        d_gamma = None if gamma is None else sum_dy_centered * inv
+        d_beta = None if beta is None else sum_dy
+        return dx.astype(x.dtype, copy=False), d_gamma, d_beta
+
+    return y, backward, mean, variance
+
+
+def _channel_dot(a, b, axes, shape):
+    """sum(a * b) over `axes`, kept as size-1 dims (`shape`), without the product array."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[: a.ndim]
+    kept = "".join(letter for i, letter in enumerate(letters) if i not in axes)
+    return np.einsum(f"{letters},{letters}->{kept}", a, b).reshape(shape)
+
+
 def inverse_root_backward(dz, x, u, inv, axes, reduce=np.mean):
     """dL/dx of `z = x * inv`, `inv = 1 / sqrt(reduce(u**2) + eps)` over `axes`, from dL/dz.
 
@@ -207,6 +251,16 @@ class BatchNormalization(Layer):
         """
         work, reduce = self.virtual_batches(x)
         gamma, beta = self.work_params(x.shape, "gamma", "beta")
+        if self.plain_batch_statistics(x, mask, gamma, beta):
+            y, fused, mean, variance = batch_normalize_vjp(x, reduce, self.epsilon, gamma, beta)
+
+            def fused_backward(d_output):
+                dx, d_gamma, d_beta = fused(d_output)
+                return dx, named_grads(self, gamma=d_gamma, beta=d_beta)
+
+            fused_backward.batch_mean = mean.reshape(self.w["moving_mean"].shape)
+            fused_backward.batch_variance = variance.reshape(self.w["moving_mean"].shape)
+            return y, fused_backward
         mean, variance, share = self.batch_moments(work, reduce, mask)
         batch_mean, batch_variance = mean, variance
         if self.virtual_batch_size is not None:
@@ -230,6 +284,17 @@ class BatchNormalization(Layer):
         training_backward.batch_mean = batch_mean.reshape(statistics_shape)
         training_backward.batch_variance = batch_variance.reshape(statistics_shape)
         return y.reshape(x.shape), training_backward
+
+    def plain_batch_statistics(self, x, mask, gamma, beta):
+        """Whether `batch_normalize_vjp` applies: unmasked (or fused in tf_keras, which
+        ignores the mask) plain batch statistics, with everything in x's float dtype."""
+        return (
+            (mask is None or self.fused_in_tf_keras(x.ndim))
+            and not self.renorm
+            and self.virtual_batch_size is None
+            and x.dtype.kind == "f"
+            and all(p is None or p.dtype == x.dtype for p in (gamma, beta))
+        )
 
     def virtual_batches(self, x):
         """`x` as the statistics see it, and the axes they reduce.

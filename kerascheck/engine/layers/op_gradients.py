@@ -125,6 +125,45 @@ def _norm(x, y, dy, ord=None, axis=None, keepdims=False):  # noqa: A002
     raise NotImplementedError(f"a norm with ord={ord!r}")
 
 
+def _l2_normalize(x, y, dy, axis=None, epsilon=1e-12, dim=None):
+    """`x * rsqrt(max(sum(x**2), eps))`: TensorFlow's Maximum passes a tie to the sum."""
+    axes = _norm_axes(dim if axis is None else axis, x.ndim)
+    square_sum = np.sum(x * x, axis=axes, keepdims=True)
+    live = square_sum >= _c(x, epsilon)
+    inv = 1 / np.sqrt(np.maximum(square_sum, _c(x, epsilon)))
+    inner = np.sum(dy * x, axis=axes, keepdims=True)
+    return dy * inv - np.where(live, x * inner * inv**3, 0)
+
+
+def _normalize(x, y, dy, axis=-1, order=2, epsilon=None):
+    """Keras 3 `normalize`: order 2 is `x * min(rsqrt(s), 1/eps)` (a tie goes to rsqrt),
+    other orders `x / max(norm, eps)` (a tie goes to the norm)."""
+    axes = _norm_axes(axis, x.ndim)
+    eps = _c(x, 1e-7 if epsilon is None else epsilon)
+    inner = np.sum(dy * x, axis=axes, keepdims=True)
+    order = int(order)
+    if order == 2:
+        square_sum = np.sum(x * x, axis=axes, keepdims=True)
+        rsqrt = 1 / np.sqrt(square_sum)
+        live = rsqrt <= 1 / eps
+        scale = np.minimum(rsqrt, 1 / eps)
+        return dy * scale - np.where(live, x * inner * rsqrt**3, 0)
+    if len(axes) != 1:
+        raise NotImplementedError(f"normalize of order {order} over the matrix axes {axes}")
+    norm = np.sum(np.abs(x) ** order, axis=axes, keepdims=True) ** (1 / order)
+    live = norm >= eps
+    denom = np.maximum(norm, eps)
+    d_norm = np.sign(x) * np.abs(x) ** (order - 1) / norm ** (order - 1)
+    return dy / denom - np.where(live, inner / (denom * denom) * d_norm, 0)
+
+
+def _bias_add(a, b, y, dy, data_format=None):
+    """`tf.nn.bias_add`: the bias' gradient sums every axis but its own (1 for `NC...`)."""
+    if isinstance(data_format, str) and data_format.startswith("NC"):
+        return dy, dy.sum(axis=(0, *range(2, dy.ndim)))
+    return dy, dy
+
+
 def _cumulative(step):
     def grad(x, y, dy, axis=None, dtype=None):
         flat = axis is None
@@ -253,9 +292,12 @@ BINARY = {
     # FloorMod: x - floor(x / y) * y
     "Mod": lambda a, b, y, dy: (dy, -dy * np.floor(a / b)),
     "Logaddexp": lambda a, b, y, dy: (dy * np.exp(a - y), dy * np.exp(b - y)),
+    "tf.bias_add": _bias_add,
 }
 
 UNARY = {
+    "tf.l2_normalize": _l2_normalize,
+    "Normalize": _normalize,
     "Negative": lambda x, y, dy: -dy,
     "Absolute": lambda x, y, dy: dy * np.sign(x),
     "Abs": lambda x, y, dy: dy * np.sign(x),
@@ -341,14 +383,14 @@ NARY = {"Where": _where, "Clip": _clip, "Einsum": _einsum}
 NO_GRADIENT = {
     "NotEqual", "Equal", "Greater", "GreaterEqual", "Less", "LessEqual", "Any", "All",
     "LogicalAnd", "LogicalOr", "LogicalNot", "LogicalXor", "Isnan", "Isfinite", "Isinf",
-    "Argmax", "Argmin", "Round", "Floor", "Ceil", "Trunc", "FloorDivide",
+    "Argmax", "Argmin", "Round", "Floor", "Ceil", "Trunc", "FloorDivide", "OneHot",
 }  # fmt: skip
 BOOLEAN = NO_GRADIENT  # the name the mask ops were first listed under
 
 MOVES = {
     "ReshapeOp", "Transpose", "Swapaxes", "GetItem", "ExpandDims", "Squeeze",
     "ConcatenateOp", "Stack", "Tile", "Repeat", "Flip", "Roll", "Moveaxis", "BroadcastTo",
-    "Ravel", "Pad",
+    "Ravel", "Pad", "Take", "DepthToSpace",
 }  # fmt: skip
 
 
@@ -419,6 +461,20 @@ TF_SYMBOLS = {
     "compat.v1.transpose": "Transpose",
     "__operators__.getitem": "GetItem",
     "split": "Split",
+    "tile": "Tile",
+    "reverse": "Flip",
+    "pad": "Pad",
+    "compat.v1.pad": "Pad",
+    "gather": "Take",
+    "compat.v1.gather": "Take",
+    "math.floormod": "Mod",
+    "math.mod": "Mod",
+    "math.argmax": "Argmax",
+    "nn.bias_add": "tf.bias_add",
+    "math.l2_normalize": "tf.l2_normalize",
+    "math.argmin": "Argmin",
+    "one_hot": "OneHot",
+    "nn.depth_to_space": "DepthToSpace",
     **dict.fromkeys(NO_GRADIENT_SYMBOLS, "Greater"),  # any kind without a gradient
 }
 

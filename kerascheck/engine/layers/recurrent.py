@@ -15,6 +15,12 @@ rnn.py, tf_keras/src/backend.py): at a masked step the states are carried
 unchanged and the output repeats the previous step's output (zeros before
 the first step), or is zero when `zero_output_for_mask` is set (Bidirectional
 forces it to `return_sequences`).
+
+Dropout in training (`vjp` with `noise`) replays the masks Keras drew, as the
+oracle recorded them: each cell's input and recurrent mask, fixed for the
+whole sequence, either one array every gate's input is multiplied by or one
+per gate (`implementation=1`, ConvLSTM; `masked_linear`), and tf_keras' fused
+LSTM/GRU's mask over the whole input sequence, applied before the loop.
 """
 
 from __future__ import annotations
@@ -27,6 +33,14 @@ from .. import activations
 from ..base import Layer, as_tuple, data_format
 from ..windows import output_length
 from .conv import correlate_vjp
+
+# Dropout masks are drawn by Keras, never by the engine: the oracle records them in
+# its taped pass for the model's own layer calls (not inside a nested model).
+NEEDS_MASKS = (
+    "needs the dropout masks Keras drew in its taped training pass, found none: "
+    "the masks come from Keras (kerascheck grad/train-step with the Keras reference, "
+    "for a layer of the model itself); otherwise use --mode inference"
+)
 
 # -- cells ----------------------------------------------------------------------
 
@@ -72,17 +86,76 @@ class _Cell:
         d_new_states)` gives (dL/dx_t, [dL/d each previous state], {weight: grad})."""
         raise NotImplementedError
 
-    def _project(self, x_t):
-        """`x @ kernel (+ bias)`: the input's contribution to every gate at once."""
-        y = np.matmul(x_t, self.w["kernel"])
-        return y + self.w["bias"] if self.use_bias else y
+    # Keras' dropout masks for this cell (input, recurrent), set by the layer for one
+    # training-mode run: None, one array for every gate, or a list with one per gate.
+    masks: tuple = (None, None)
 
-    def _linear_backward(self, x_t, h_prev, dz):
-        """The backward of `x_t @ kernel + bias + h_prev @ recurrent_kernel` from dL/dz."""
-        grads = {"kernel": x_t.T @ dz, "recurrent_kernel": h_prev.T @ dz}
+    def leaves(self) -> list:
+        """The cells that draw their own dropout masks, in Keras' order."""
+        return [self]
+
+    def _linear_vjp(self, x_t, h_prev):
+        """`x_t @ kernel + bias + h_prev @ recurrent_kernel` with the dropout masks, and
+        its backward `dz -> (dL/dx_t, dL/dh_prev, {weight: grad})`."""
+        x_part, x_back = masked_linear(_matmul_vjp, x_t, self.w["kernel"], self.masks[0])
+        h_part, h_back = masked_linear(
+            _matmul_vjp, h_prev, self.w["recurrent_kernel"], self.masks[1]
+        )
+        z = x_part + h_part
         if self.use_bias:
-            grads["bias"] = dz.sum(axis=0)
-        return dz @ self.w["kernel"].T, dz @ self.w["recurrent_kernel"].T, grads
+            z = z + self.w["bias"]
+
+        def backward(dz):
+            dx, d_kernel = x_back(dz)
+            dh_prev, d_recurrent = h_back(dz)
+            grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
+            if self.use_bias:
+                grads["bias"] = dz.sum(axis=0)
+            return dx, dh_prev, grads
+
+        return z, backward
+
+
+def _matmul_vjp(v, kernel):
+    return np.matmul(v, kernel), lambda dy: (dy @ kernel.T, v.T @ dy)
+
+
+def masked_linear(op_vjp, v, kernel, mask):
+    """`op(v * mask, kernel)` under Keras' recurrent dropout, and its backward
+    `dy -> (dL/dv, dL/dkernel)`.
+
+    `mask` is None (no dropout), one array every gate's input is multiplied by,
+    or a list of arrays, one per gate: gate g then sees `v * mask[g]` against its
+    block of the kernel's last axis (Keras' `implementation=1` cells, ConvLSTM).
+    `op_vjp(v, kernel)` gives (y, backward) for the unmasked operation.
+    """
+    if not isinstance(mask, (list, tuple)):
+        masked = v if mask is None else v * mask
+        y, back = op_vjp(masked, kernel)
+
+        def backward(dy):
+            dv, d_kernel = back(dy)
+            return (dv if mask is None else dv * mask), d_kernel
+
+        return y, backward
+    blocks = np.split(kernel, len(mask), axis=-1)
+    parts = [op_vjp(v * m, k) for m, k in zip(mask, blocks)]
+    y = np.concatenate([part[0] for part in parts], axis=-1)
+
+    def backward(dy):
+        dv, d_blocks = 0, []
+        for (_, back), m, d in zip(parts, mask, np.split(dy, len(mask), axis=-1)):
+            d_masked, d_block = back(d)
+            dv = dv + d_masked * m
+            d_blocks.append(d_block)
+        return dv, np.concatenate(d_blocks, axis=-1)
+
+    return y, backward
+
+
+def _gate_mask(mask, gate: int):
+    """The mask gate `gate` of a per-gate list sees (the shared one otherwise)."""
+    return mask[gate] if isinstance(mask, (list, tuple)) else mask
 
 
 class SimpleRNNCell(_Cell):
@@ -95,12 +168,12 @@ class SimpleRNNCell(_Cell):
 
     def step_vjp(self, x_t, states):
         h_prev = states[0]
-        z = self._project(x_t) + np.matmul(h_prev, self.w["recurrent_kernel"])
+        z, linear_backward = self._linear_vjp(x_t, h_prev)
         h = self.activation(z)
 
         def backward(d_output, d_states):
             dz = activations.backward(self.activation, z, h, d_output + d_states[0])
-            dx, dh_prev, grads = self._linear_backward(x_t, h_prev, dz)
+            dx, dh_prev, grads = linear_backward(dz)
             return dx, [dh_prev], grads
 
         return h, [h], backward
@@ -127,14 +200,14 @@ class LSTMCell(_Cell):
 
     def step_vjp(self, x_t, states):
         h_prev, c_prev = states
-        z = self._project(x_t) + np.matmul(h_prev, self.w["recurrent_kernel"])
+        z, linear_backward = self._linear_vjp(x_t, h_prev)
         h, new_states, gates_backward = lstm_gates_vjp(
             z, c_prev, self.activation, self.recurrent_activation
         )
 
         def backward(d_output, d_states):
             dz, dc_prev = gates_backward(d_output + d_states[0], d_states[1])
-            dx, dh_prev, grads = self._linear_backward(x_t, h_prev, dz)
+            dx, dh_prev, grads = linear_backward(dz)
             return dx, [dh_prev, dc_prev], grads
 
         return h, new_states, backward
@@ -195,15 +268,19 @@ class GRUCell(_Cell):
         h_prev = states[0]
         u = self.units
         kernel = self.w["recurrent_kernel"]
-        x = np.matmul(x_t, self.w["kernel"])
+        input_mask, recurrent_mask = self.masks
+        x, x_backward = masked_linear(_matmul_vjp, x_t, self.w["kernel"], input_mask)
         if self.use_bias:
             x = x + (self.w["bias"][0] if self.reset_after else self.w["bias"])
         if self.reset_after:
-            inner = np.matmul(h_prev, kernel)
+            inner, inner_backward = masked_linear(_matmul_vjp, h_prev, kernel, recurrent_mask)
             if self.use_bias:
                 inner = inner + self.w["bias"][1]
         else:
-            inner = np.matmul(h_prev, kernel[:, : 2 * u])
+            two = recurrent_mask
+            if isinstance(two, (list, tuple)):
+                two = two[:2]
+            inner, inner_backward = masked_linear(_matmul_vjp, h_prev, kernel[:, : 2 * u], two)
         z_pre = x[:, :u] + inner[:, :u]
         r_pre = x[:, u : 2 * u] + inner[:, u : 2 * u]
         z = self.recurrent_activation(z_pre)
@@ -211,7 +288,9 @@ class GRUCell(_Cell):
         if self.reset_after:
             recurrent_h = r * inner[:, 2 * u :]
         else:
-            reset_h = r * h_prev
+            h_mask = _gate_mask(recurrent_mask, 2)
+            h_h = h_prev if h_mask is None else h_prev * h_mask
+            reset_h = r * h_h
             recurrent_h = np.matmul(reset_h, kernel[:, 2 * u :])
         hh_pre = x[:, 2 * u :] + recurrent_h
         hh = self.activation(hh_pre)
@@ -227,23 +306,26 @@ class GRUCell(_Cell):
                 dr = d_hh * inner[:, 2 * u :]
             else:
                 d_reset_h = d_hh @ kernel[:, 2 * u :].T
-                dr = d_reset_h * h_prev
-                dh_prev = dh_prev + d_reset_h * r
+                dr = d_reset_h * h_h
+                d_h_h = d_reset_h * r
+                dh_prev = dh_prev + (d_h_h if h_mask is None else d_h_h * h_mask)
             dz = back(self.recurrent_activation, z_pre, z, dh * (h_prev - hh))
             dr = back(self.recurrent_activation, r_pre, r, dr)
             d_x = np.concatenate([dz, dr, d_hh], axis=-1)
+            dx, d_kernel = x_backward(d_x)
             if self.reset_after:
                 d_inner = np.concatenate([dz, dr, d_hh * r], axis=-1)
-                d_kernel = h_prev.T @ d_inner
+                d_from_inner, d_recurrent = inner_backward(d_inner)
             else:
                 d_inner = np.concatenate([dz, dr], axis=-1)
-                d_kernel = np.concatenate([h_prev.T @ d_inner, reset_h.T @ d_hh], axis=-1)
-            dh_prev = dh_prev + d_inner @ kernel[:, : d_inner.shape[-1]].T
-            grads = {"kernel": x_t.T @ d_x, "recurrent_kernel": d_kernel}
+                d_from_inner, d_two = inner_backward(d_inner)
+                d_recurrent = np.concatenate([d_two, reset_h.T @ d_hh], axis=-1)
+            dh_prev = dh_prev + d_from_inner
+            grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
             if self.use_bias:
                 bias = d_x.sum(axis=0)
                 grads["bias"] = np.stack([bias, d_inner.sum(axis=0)]) if self.reset_after else bias
-            return d_x @ self.w["kernel"].T, [dh_prev], grads
+            return dx, [dh_prev], grads
 
         return h, [h], backward
 
@@ -288,13 +370,18 @@ class ConvLSTMCell(_Cell):
     def step_vjp(self, x_t, states):
         h_prev, c_prev = states
         ones = (1,) * self.rank
-        z, input_backward = correlate_vjp(
-            x_t, self.w["kernel"], self.strides, self.dilation, self.padding
-        )
+
+        def input_op(v, kernel):
+            return correlate_vjp(v, kernel, self.strides, self.dilation, self.padding)
+
+        def recurrent_op(v, kernel):
+            return correlate_vjp(v, kernel, ones, ones, "same")
+
+        z, input_backward = masked_linear(input_op, x_t, self.w["kernel"], self.masks[0])
         if self.use_bias:
             z = z + self.w["bias"]
-        recurrent, recurrent_backward = correlate_vjp(
-            h_prev, self.w["recurrent_kernel"], ones, ones, "same"
+        recurrent, recurrent_backward = masked_linear(
+            recurrent_op, h_prev, self.w["recurrent_kernel"], self.masks[1]
         )
         z = z + recurrent
         h, new_states, gates_backward = lstm_gates_vjp(
@@ -334,6 +421,9 @@ class StackedRNNCells(_Cell):
             shapes += [(f"{index}/{name}", shape) for name, shape in cell.weight_shapes(step_shape)]
             step_shape = (step_shape[0], cell.output_size)
         return shapes
+
+    def leaves(self):
+        return [leaf for cell in self.cells for leaf in cell.leaves()]
 
     def bind(self, weights):
         for index, cell in enumerate(self.cells):
@@ -627,18 +717,29 @@ class RNN(Layer):
     def run(self, inputs, initial_state, mask, zero_output=None):
         return self.run_vjp(inputs, initial_state, mask, zero_output, keep_steps=False)[0]
 
-    def run_vjp(self, inputs, initial_state, mask, zero_output=None, keep_steps=True):
+    def run_vjp(self, inputs, initial_state, mask, zero_output=None, keep_steps=True, dropout=None):
         """The output and `backward(d_output)` -> (dL/d inputs, [dL/d each initial
-        state], {weight: grad}); `d_output` is a list when `return_state` is set."""
+        state], {weight: grad}); `d_output` is a list when `return_state` is set.
+        `dropout`: Keras' masks for a training-mode run (`dropout_masks`)."""
+        sequence_mask, cell_masks = dropout if dropout is not None else (None, None)
+        if sequence_mask is not None:  # tf_keras' fused LSTM/GRU: the whole sequence at once
+            inputs = inputs * sequence_mask
         x = self.to_internal(inputs)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             mask = mask.T if self.time_major else mask
         states = self.initial_states(x, initial_state)
         zero_output = self.zero_output_for_mask if zero_output is None else zero_output
-        last, sequence, states, loop_backward = run_sequence_vjp(
-            self.cell, x, states, mask, self.go_backwards, zero_output, self.unroll, keep_steps
-        )
+        leaves = self.cell.leaves()
+        try:
+            for leaf, masks in zip(leaves, cell_masks or [(None, None)] * len(leaves)):
+                leaf.masks = masks
+            last, sequence, states, loop_backward = run_sequence_vjp(
+                self.cell, x, states, mask, self.go_backwards, zero_output, self.unroll, keep_steps
+            )
+        finally:
+            for leaf in leaves:
+                leaf.masks = (None, None)
         last, sequence, states = self.from_internal(last, sequence, states)
         output = sequence if self.return_sequences else last
         output = [output, *states] if self.return_state else output
@@ -655,23 +756,55 @@ class RNN(Layer):
                 d_last, d_sequence = self.state_to_internal(d_output), None
             dx, d_initial, grads = loop_backward(d_last, d_sequence, d_states)
             d_initial = [self.state_from_internal(d) for d in d_initial]
-            return self.from_internal_input(dx), d_initial, grads
+            dx = self.from_internal_input(dx)
+            if sequence_mask is not None:
+                dx = dx * sequence_mask
+            return dx, d_initial, grads
 
         return output, backward
 
-    def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
-        if training and self.uses_dropout():
+    @property
+    def uses_noise(self) -> bool:
+        """In training, dropout inside the recurrence draws masks only Keras knows."""
+        return self.uses_dropout()
+
+    def dropout_masks(self, training, noise):
+        """(sequence mask, [(input mask, recurrent mask) per cell]) of a training-mode
+        run, from the masks the oracle recorded in Keras' taped pass (`noise`:
+        {"sequence": array or None, "cells": [{"input": ..., "recurrent": ...}]}).
+        Cell masks come in Keras' per-step layout (channels first for a channels_first
+        ConvLSTM) and are turned into the loop's."""
+        if not training or not self.uses_dropout():
+            return None
+        if not isinstance(noise, dict) or not isinstance(noise.get("cells"), list):
+            raise self.error(f"dropout/recurrent_dropout in training mode {NEEDS_MASKS}")
+        leaves = self.cell.leaves()
+        if len(noise["cells"]) != len(leaves):
             raise self.error(
-                "dropout inside the recurrence draws masks kerascheck cannot reproduce; "
-                "`grad` in training mode needs dropout=0 and recurrent_dropout=0"
+                f"expected dropout masks for {len(leaves)} cell(s), "
+                f"found {len(noise['cells'])} recorded from Keras"
             )
+
+        def internal(mask):
+            if mask is None:
+                return None
+            if isinstance(mask, (list, tuple)):
+                return [self.state_to_internal(np.asarray(m)) for m in mask]
+            return self.state_to_internal(np.asarray(mask))
+
+        cells = [(internal(c.get("input")), internal(c.get("recurrent"))) for c in noise["cells"]]
+        sequence = noise.get("sequence")
+        return (None if sequence is None else np.asarray(sequence)), cells
+
+    def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
+        dropout = self.dropout_masks(training, noise)
         names = ("initial_state", "mask", "training", "constants")
         bound = dict(zip(names, args), **kwargs)
         list_input = isinstance(inputs, list)
         x, initial_state, mask = self.arguments(
             inputs, bound.get("initial_state"), bound.get("mask"), bound.get("constants")
         )
-        output, run_backward = self.run_vjp(x, initial_state, mask)
+        output, run_backward = self.run_vjp(x, initial_state, mask, dropout=dropout)
 
         def backward(d_output):
             dx, d_initial, grads = run_backward(d_output)
@@ -836,7 +969,9 @@ class Bidirectional(Layer):
     def call(self, inputs, initial_state=None, mask=None, training=None, constants=None):
         return self.run_vjp(inputs, initial_state, mask, constants, keep_steps=False)[0]
 
-    def run_vjp(self, inputs, initial_state, mask, constants, keep_steps=True):
+    def run_vjp(self, inputs, initial_state, mask, constants, keep_steps=True, dropout=None):
+        """`dropout`: each direction's masks (`RNN.dropout_masks`), or None."""
+        forward_dropout, backward_dropout = dropout or (None, None)
         if constants is not None:
             raise self.error("RNN constants are not supported (no built-in cell uses them)")
         if isinstance(inputs, list):  # Keras 2: [sequences, *forward states, *backward states]
@@ -850,9 +985,11 @@ class Bidirectional(Layer):
             flat = _flatten(initial_state)
             forward_state, backward_state = flat[: len(flat) // 2], flat[len(flat) // 2 :]
         zero = self.return_sequences
-        y, forward_back = self.forward_layer.run_vjp(inputs, forward_state, mask, zero, keep_steps)
+        y, forward_back = self.forward_layer.run_vjp(
+            inputs, forward_state, mask, zero, keep_steps, forward_dropout
+        )
         y_rev, backward_back = self.backward_layer.run_vjp(
-            inputs, backward_state, mask, zero, keep_steps
+            inputs, backward_state, mask, zero, keep_steps, backward_dropout
         )
         states = []
         count = len(self.forward_layer.cell.state_sizes)
@@ -885,16 +1022,27 @@ class Bidirectional(Layer):
 
         return output, backward
 
+    @property
+    def uses_noise(self) -> bool:
+        return self.forward_layer.uses_dropout() or self.backward_layer.uses_dropout()
+
     def vjp(self, inputs, *args, training=False, noise=None, **kwargs):
-        if training and (self.forward_layer.uses_dropout() or self.backward_layer.uses_dropout()):
-            raise self.forward_layer.error(
-                "dropout inside the recurrence draws masks kerascheck cannot reproduce; "
-                "`grad` in training mode needs dropout=0 and recurrent_dropout=0"
+        dropout = None
+        if training and self.uses_noise:
+            if not isinstance(noise, dict) or not {"forward", "backward"} <= set(noise):
+                raise self.error(f"dropout/recurrent_dropout in training mode {NEEDS_MASKS}")
+            dropout = (
+                self.forward_layer.dropout_masks(training, noise["forward"]),
+                self.backward_layer.dropout_masks(training, noise["backward"]),
             )
         names = ("initial_state", "mask", "training", "constants")
         bound = dict(zip(names, args), **kwargs)
         output, run_backward = self.run_vjp(
-            inputs, bound.get("initial_state"), bound.get("mask"), bound.get("constants")
+            inputs,
+            bound.get("initial_state"),
+            bound.get("mask"),
+            bound.get("constants"),
+            dropout=dropout,
         )
 
         def backward(d_output):

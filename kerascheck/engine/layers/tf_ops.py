@@ -422,6 +422,141 @@ def _logical(op):
     return logical
 
 
+# -- tf_keras TFOpLambda functions and Keras 3 ops seen in converters' test models --------
+
+
+def tf_arg(op):
+    def arg(input, axis=None, output_type="int64", name=None, dimension=None):  # noqa: A002
+        """`tf.math.argmax/argmin`: axis 0 when not given, int64 indices by default."""
+        axis = dimension if axis is None else axis
+        axis = 0 if axis is None else int(axis)
+        return np.asarray(op(input, axis=axis)).astype(cast_dtype(output_type))
+
+    return arg
+
+
+def cast_dtype(dtype):
+    """A saved dtype name, checked against the dtypes `cast` allows."""
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise TypeError(f"expected a dtype among {sorted(_DTYPES)}, found {dtype!r}")
+    return dtype
+
+
+def bias_add(value, bias, data_format=None, name=None):
+    """`tf.nn.bias_add`: the bias on the last axis, or on axis 1 for an `NC...` format."""
+    value = np.asarray(value)
+    bias = _array(bias, value)
+    if isinstance(data_format, str) and data_format.startswith("NC"):
+        return value + bias.reshape((-1,) + (1,) * (value.ndim - 2))
+    return value + bias
+
+
+def tf_tile(input, multiples, name=None):  # noqa: A002
+    return np.tile(input, tuple(int(m) for m in multiples))
+
+
+def floormod(x, y, name=None):
+    """`tf.math.floormod`: the remainder takes the divisor's sign (NumPy's `mod`)."""
+    return np.mod(*_operands(x, y))
+
+
+def tf_gather(params, indices, validate_indices=None, name=None, axis=None, batch_dims=0):
+    """`tf.gather` with constant indices (`batch_dims` 0); out-of-range indices are an error,
+    as on TensorFlow's CPU kernel."""
+    if batch_dims:
+        raise TypeError(f"batch_dims={batch_dims} is not supported (only 0)")
+    params = np.asarray(params)
+    axis = 0 if axis is None else int(axis) % params.ndim
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, found {indices.dtype}")
+    size = params.shape[axis]
+    if indices.size and (indices.min() < 0 or indices.max() >= size):
+        raise TypeError(f"indices {indices.tolist()} not in [0, {size}) on axis {axis}")
+    return np.take(params, indices, axis=axis)
+
+
+def take(x, indices, axis=None):
+    """Keras 3 `ops.take`: `axis=None` indexes the flattened tensor; negative indices wrap."""
+    x = np.asarray(x)
+    indices = np.asarray(indices)
+    if axis is None:
+        x, axis = np.ravel(x), 0
+    size = x.shape[int(axis)]
+    return tf_gather(x, np.where(indices < 0, indices + size, indices), axis=axis)
+
+
+def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
+    """`tf.math.l2_normalize`: `x * rsqrt(max(sum(x**2), epsilon))`; `axis=None` is every
+    axis (the batch included)."""
+    x = np.asarray(x)
+    axis = dim if axis is None else axis
+    square_sum = np.sum(np.square(x), axis=_axes(axis), keepdims=True)
+    return x / np.sqrt(np.maximum(square_sum, _array(epsilon, x)))
+
+
+def keras_normalize(x, axis=-1, order=2, epsilon=None):
+    """Keras 3 `ops.normalize`: order 2 is `x * min(rsqrt(sum(x**2)), 1/epsilon)`, others
+    `x / max(norm, epsilon)`; epsilon defaults to 1e-7."""
+    x = np.asarray(x)
+    eps = _array(1e-7 if epsilon is None else epsilon, x)
+    if int(order) == 2:
+        square_sum = np.sum(np.square(x), axis=_axes(axis), keepdims=True)
+        return x * np.minimum(1 / np.sqrt(square_sum), 1 / eps)
+    norm = np.linalg.norm(x, ord=int(order), axis=_axes(axis), keepdims=True)
+    return x / np.maximum(norm, eps)
+
+
+def tf_pad(tensor, paddings, mode="CONSTANT", name=None, constant_values=0):
+    """`tf.pad`: CONSTANT, REFLECT or SYMMETRIC (any case)."""
+    mode = str(mode).lower()
+    if mode not in ("constant", "reflect", "symmetric"):
+        raise TypeError(f"mode {mode!r} is not one of CONSTANT, REFLECT, SYMMETRIC")
+    return pad(tensor, [tuple(int(v) for v in p) for p in paddings], mode, constant_values)
+
+
+def tf_reverse(tensor, axis, name=None):
+    return np.flip(tensor, axis=_axes(axis))
+
+
+def one_hot(x, num_classes, axis=-1, dtype=None, sparse=False):
+    """Keras 3 `ops.one_hot`: indices outside `[0, num_classes)` give an all-zero vector."""
+    if sparse:
+        raise TypeError("sparse one_hot is not supported")
+    x = np.asarray(x)
+    y = (x[..., None] == np.arange(int(num_classes))).astype(cast_dtype(dtype or "float32"))
+    return np.moveaxis(y, -1, axis) if axis not in (-1, x.ndim) else y
+
+
+def tf_one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None, name=None):
+    """`tf.one_hot`: float32 unless `dtype`; indices outside `[0, depth)` get `off_value`."""
+    dtype = cast_dtype(dtype) if dtype is not None else "float32"
+    on = 1 if on_value is None else on_value
+    off = 0 if off_value is None else off_value
+    hot = one_hot(indices, depth, -1 if axis is None else int(axis), "bool")
+    return np.where(hot, on, off).astype(dtype)
+
+
+def tf_depth_to_space(input, block_size, data_format="NHWC", name=None):  # noqa: A002
+    layout = "channels_first" if data_format == "NCHW" else "channels_last"
+    return depth_to_space(input, block_size, layout)
+
+
+def depth_to_space(x, block_size, data_format="channels_last"):
+    """`tf.nn.depth_to_space` (DCR order): output `(h*b + i, w*b + j, c)` reads input channel
+    `(i*b + j) * C_out + c` at `(h, w)`."""
+    x = np.asarray(x)
+    b = int(block_size)
+    if data_format == "channels_first":
+        x = np.moveaxis(x, 1, -1)
+    n, h, w, c = x.shape
+    if c % (b * b):
+        raise TypeError(f"{c} channels are not divisible by block_size**2 = {b * b}")
+    y = x.reshape(n, h, w, b, b, c // (b * b)).transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(n, h * b, w * b, c // (b * b))
+    return np.moveaxis(y, -1, 1) if data_format == "channels_first" else y
+
+
 # Saved `function` name -> NumPy function with TensorFlow's signature. This is the
 # allow-list loading/safety.py checks: adding a symbol is one line here.
 TF_FUNCTIONS = {
@@ -500,6 +635,20 @@ TF_FUNCTIONS = {
     "math.sin": _unary(np.sin),
     "math.cos": _unary(np.cos),
     "math.reduce_logsumexp": logsumexp,
+    "math.argmax": tf_arg(np.argmax),
+    "math.argmin": tf_arg(np.argmin),
+    "nn.bias_add": bias_add,
+    "tile": tf_tile,
+    "math.floormod": floormod,
+    "math.mod": floormod,
+    "gather": tf_gather,
+    "compat.v1.gather": tf_gather,
+    "math.l2_normalize": l2_normalize,
+    "pad": tf_pad,
+    "compat.v1.pad": tf_pad,
+    "reverse": tf_reverse,
+    "one_hot": tf_one_hot,
+    "nn.depth_to_space": tf_depth_to_space,
 }
 
 
@@ -703,6 +852,10 @@ KERAS3_OPS = (
     _op("Moveaxis", moveaxis, source="source", destination="destination"),
     _op("BroadcastTo", broadcast_to, shape="shape"),
     _op("Ravel", ravel),
+    _op("Take", take, axis="axis"),
+    _op("Normalize", keras_normalize, axis="axis", order="order", epsilon="epsilon"),
+    _op("OneHot", one_hot, num_classes="num_classes", axis="axis", dtype="dtype", sparse="sparse"),
+    _op("DepthToSpace", depth_to_space, block_size="block_size", data_format="data_format"),
 )
 
 LAYERS = (TFOpLambda, SlicingOpLambda, *KERAS3_OPS)
