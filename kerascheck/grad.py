@@ -244,21 +244,45 @@ def check_targets(model: EngineModel, loss, targets: list[np.ndarray]) -> list[n
     return checked
 
 
-def engine_loss(model, loss, tape_outputs, backwards, targets, sample_weight, logits_ok):
-    """(loss value, [dL/d output], {call: dL/d logits}) on the engine's side."""
+def engine_loss(
+    model, loss, tape_outputs, backwards, targets, sample_weight, logits_ok, masks=None
+):
+    """(loss value, [dL/d output], {call: dL/d logits}) on the engine's side; `masks`:
+    the Keras mask each output carries (None where it has none), which Keras' loss
+    turns into weights."""
     total, grads, pre = 0.0, [], {}
-    for ref, y_true, y_pred in zip(model.spec.outputs, targets, tape_outputs):
+    masks = masks or [None] * len(model.spec.outputs)
+    for ref, y_true, y_pred, mask in zip(model.spec.outputs, targets, tape_outputs, masks):
         name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
         logits = logits_ok.get(name)
         if logits is not None:
-            value, d_logits = loss.value_and_grad(y_true, y_pred, sample_weight, logits=logits)
+            value, d_logits = loss.value_and_grad(
+                y_true, y_pred, sample_weight, logits=logits, mask=mask
+            )
             pre[name] = d_logits
             grads.append(None)
         else:
-            value, d_pred = loss.value_and_grad(y_true, y_pred, sample_weight)
+            value, d_pred = loss.value_and_grad(y_true, y_pred, sample_weight, mask=mask)
             grads.append(d_pred)
         total += float(value)
     return total, grads, pre
+
+
+def output_masks(model: EngineModel, tape: backprop.Tape) -> list:
+    """The Keras mask of each model output in the engine's forward (None where none)."""
+    from .engine.graph import _pick
+    from .engine.layers.model import _starts_masks, propagate_masks
+
+    if not _starts_masks(model.graph):
+        return [None] * len(model.spec.outputs)
+    masks = propagate_masks(model.graph, tape.values)
+    return [_loss_mask(_pick(masks, ref)) for ref in model.spec.outputs]
+
+
+def _loss_mask(mask):
+    if mask is None or isinstance(mask, (list, tuple)):
+        return None
+    return np.asarray(mask, dtype=bool)
 
 
 def logits_outputs(model: EngineModel, loss, backwards: dict) -> dict:
@@ -301,7 +325,14 @@ def engine_gradients(
     tape = backprop.forward(model.graph, inputs, training, noise)
     logits = logits_outputs(model, loss, tape.backwards)
     pure, d_outputs, d_pre = engine_loss(
-        model, loss, tape.outputs, tape.backwards, targets, sample_weight, logits
+        model,
+        loss,
+        tape.outputs,
+        tape.backwards,
+        targets,
+        sample_weight,
+        logits,
+        output_masks(model, tape),
     )
     value, weight_grads = add_regularization(model, pure)
     value, activity = activity_regularization(model, tape, value)
@@ -358,6 +389,8 @@ def grad_model(
         from .oracle.gradients import KerasGradientRunner
 
         flavor, why = choose_oracle(model.spec, oracle)
+        if training:
+            check_nested_noise(model.graph, flavor)
         runner = KerasGradientRunner(path, model.spec, flavor, identifier)
         version = runner.version
         noise_calls = [c.name for c in model.spec.calls if graph.layers[c.layer].uses_noise]
@@ -426,6 +459,24 @@ def grad_model(
     if save:
         result.saved = _saved_arrays(model, keras, carried, value)
     return result
+
+
+def check_nested_noise(graph, flavor: str, inside: str | None = None) -> None:
+    """Refuse a random layer inside a nested model whose training-mode draw the oracle
+    cannot record (see `oracle.gradients._nested_call`): never a silent random mask."""
+    from .engine.layers.model import Functional
+    from .oracle.gradients import NESTED_NOISE
+
+    for name, layer in graph.layers.items():
+        if isinstance(layer, Functional):
+            check_nested_noise(layer.graph, flavor, name)
+        elif inside is not None and layer.uses_noise:
+            if layer.class_name not in NESTED_NOISE.get(flavor, ()):
+                raise KerascheckError(
+                    f"layer '{name}' ({layer.class_name}) inside nested model '{inside}' "
+                    f"draws a random mask in training mode, which kerascheck cannot replay "
+                    f"from {flavor}; use --mode inference"
+                )
 
 
 def _call_inputs(spec, per_call: dict, model_inputs: list) -> dict:
@@ -516,15 +567,17 @@ def _loss_row(model, loss, keras, targets, sample_weight, value, penalties, tole
     row = CallRow("loss", loss.name)
     own_value = penalties
     gradients = []
-    for ref, y_true, y_pred in zip(model.spec.outputs, targets, keras.outputs):
+    masks = keras.output_masks or [None] * len(model.spec.outputs)
+    for ref, y_true, y_pred, mask in zip(model.spec.outputs, targets, keras.outputs, masks):
         name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
+        mask = _loss_mask(mask)
         if name in logits and keras.logits.get(name) is not None:
             part, ours = loss.value_and_grad(
-                y_true, y_pred, sample_weight, logits=keras.logits[name]
+                y_true, y_pred, sample_weight, logits=keras.logits[name], mask=mask
             )
             theirs, label = keras.d_logits.get(name), "d_logits"
         else:
-            part, ours = loss.value_and_grad(y_true, y_pred, sample_weight)
+            part, ours = loss.value_and_grad(y_true, y_pred, sample_weight, mask=mask)
             theirs, label = keras.d_outputs.get(name), "d_prediction"
             if isinstance(theirs, (list, tuple)):  # one output of a call with several
                 theirs = theirs[ref.tensor]

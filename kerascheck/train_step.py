@@ -37,6 +37,7 @@ from .grad import (
     TensorStats,
     _engine_reference,
     _keras_reference,
+    check_nested_noise,
     check_targets,
     engine_gradients,
     resolve_loss,
@@ -248,6 +249,7 @@ def train_step_model(
         from .oracle.gradients import KerasGradientRunner
 
         flavor, _ = choose_oracle(model.spec, oracle)
+        check_nested_noise(model.graph, flavor)  # fit trains: masks must be replayable
         runner = KerasGradientRunner(
             path, model.spec, flavor, identifier, optimizer="file" if use_state else config
         )

@@ -62,6 +62,7 @@ class KerasGradients:
     noise: dict = field(default_factory=dict)
     d_logits: dict = field(default_factory=dict)  # {call name: dL/d logits} (logits path)
     logits: dict = field(default_factory=dict)  # {call name: the logits Keras' loss used}
+    output_masks: list = field(default_factory=list)  # each output's Keras mask, or None
     seconds: float = 0.0
 
 
@@ -150,8 +151,13 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
                 argument = first if call.as_list else first[0]
             if _takes_training(layer):
                 kwargs["training"] = training
+            nested = getattr(spec.layers.get(call.layer), "model", None)
             try:
-                if call.name in noise_calls and training:
+                if nested is not None and training and _noisy_inside(nested):
+                    output, noise[call.name] = _nested_call(
+                        runner, layer, nested, argument, args, kwargs
+                    )
+                elif call.name in noise_calls and training:
                     output, noise[call.name] = _noisy_call(runner, layer, argument, args, kwargs)
                 else:
                     output = layer(argument, *args, **kwargs)
@@ -201,7 +207,10 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
         variables,
         list(logits.values()),
     ]
-    grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+    try:
+        grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
+    except LookupError as exc:
+        raise _no_gradient_error(exc, spec) from None
     out_grads, in_grads, var_grads, logit_grads = grads
     result = KerasGradients(
         loss=float(np.asarray(loss)),
@@ -213,12 +222,48 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
         noise=noise,
         d_logits={name: _maybe(g) for name, g in zip(logits, logit_grads)},
         logits={name: np.asarray(v) for name, v in logits.items()},
+        output_masks=[_keras_mask(v) for v in y_pred],
     )
     for (name, index), g in zip(owners, var_grads):
         result.weights.setdefault(name, {})[index] = _maybe(g)
     result._raw = (var_grads, variables)
     _refine_read_back_masks(result, runner.unknown_masks, spec)
     return result
+
+
+# TensorFlow ops without a registered gradient, and how to find the layers that use them.
+NO_GRADIENT_OPS = {
+    "ResizeArea": lambda layer: layer.config.get("interpolation") == "area",
+}
+
+
+def _no_gradient_error(exc: LookupError, spec) -> KerascheckError:
+    """TensorFlow's "gradient registry has no entry for: OP" as one clear line, naming the
+    layers that run that op."""
+    import re
+
+    found = re.search(r"no entry for:?\s*(\w+)", str(exc))
+    op = found.group(1) if found else None
+    if op is None:
+        message = " ".join(str(exc).split())[:300]
+        return KerascheckError(f"Keras cannot compute gradients: {message}")
+    test = NO_GRADIENT_OPS.get(op)
+    names = [n for n, layer in _all_layers(spec) if test is not None and test(layer)]
+    where = ""
+    if names:
+        quoted = ", ".join(f"'{n}'" for n in names)
+        where = f" (layer{'s' if len(names) > 1 else ''} {quoted})"
+    return KerascheckError(
+        f"Keras cannot compute gradients: TensorFlow has no gradient for {op}{where}; "
+        "`grad` and `train-step` need a differentiable model"
+    )
+
+
+def _all_layers(spec, prefix=""):
+    for name, layer in spec.layers.items():
+        yield prefix + name, layer
+        if getattr(layer, "model", None) is not None:
+            yield from _all_layers(layer.model, f"{prefix}{name}/")
 
 
 def _refine_read_back_masks(result: KerasGradients, unknown_masks: dict, spec) -> None:
@@ -272,6 +317,119 @@ def _takes_training(layer) -> bool:
         return call is not None and "training" in inspect.signature(call).parameters
     except (TypeError, ValueError):
         return False
+
+
+# Noise layers whose draw inside a nested model is recorded (see `_nested_call`); tf_keras
+# only for the dropouts, whose generator call can be made on ones.
+NESTED_NOISE = {
+    "keras": {
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+    },
+    "tf_keras": {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"},
+}
+
+
+def _noisy_inside(nested_spec) -> bool:
+    """Whether a nested model (or one nested in it) holds a dropout or noise layer."""
+    for layer in nested_spec.layers.values():
+        inner = getattr(layer, "model", None)
+        if inner is not None and _noisy_inside(inner):
+            return True
+        if layer.class_name in NESTED_NOISE["keras"]:
+            return True
+    return False
+
+
+def _nested_call(runner, layer, nested_spec, argument, args, kwargs):
+    """Run a nested model and record the (scale, shift) each of its dropout and noise
+    layers applied: {inner call name: (scale, shift)}, a dict again for a model nested
+    in it. Keras 3: each layer's `call` replays its draw on ones and zeros from the saved
+    seed-generator state; tf_keras: each dropout's generator draws on ones and the
+    layer's input is multiplied by that mask (the same product TensorFlow computes).
+    Layers whose draw cannot be recorded are refused by `grad` before (see
+    `kerascheck.grad.check_nested_noise`)."""
+    from contextlib import ExitStack
+
+    store: dict = {}
+    with ExitStack() as stack:
+        _spy_nested(stack, runner, layer, nested_spec, store)
+        output = layer(argument, *args, **kwargs)
+    return output, store
+
+
+def _spy_nested(stack, runner, keras_model, nested_spec, store):
+    counts: dict = {}
+    for call in nested_spec.calls:
+        spec_layer = nested_spec.layers[call.layer]
+        inner = keras_model.get_layer(call.layer)
+        if getattr(spec_layer, "model", None) is not None:
+            if call.index == 0:
+                _spy_nested(stack, runner, inner, spec_layer.model, store.setdefault(call.name, {}))
+            continue
+        if spec_layer.class_name not in NESTED_NOISE[runner.flavor] or call.index:
+            continue
+        names = [c.name for c in nested_spec.calls if c.layer == call.layer]
+        counts[call.layer] = 0
+
+        def record(value, names=names, key=call.layer):
+            index = counts[key]
+            counts[key] += 1
+            if index < len(names):
+                store[names[index]] = value
+
+        if runner.flavor == "keras":
+            stack.enter_context(_Spy(inner, "call", _replaying(inner, record)))
+        else:
+            generator = inner._random_generator
+            stack.enter_context(_Spy(generator, "dropout", _on_ones(record)))
+
+
+def _replaying(layer, record):
+    """A Keras 3 layer `call` that also replays its draw on ones and zeros."""
+    import tensorflow as tf
+
+    def make(original):
+        def call(inputs, *a, **kw):
+            if getattr(layer, "seed_generator", None) is None:  # rate 0: nothing drawn
+                record((1.0, 0.0))
+                return original(inputs, *a, **kw)
+            state = layer.seed_generator.state
+            before = state.numpy()
+            output = original(inputs, *a, **kw)
+            after = state.numpy()
+            state.assign(before)
+            ones = original(tf.ones_like(inputs), *a, **kw)
+            state.assign(before)
+            zeros = original(tf.zeros_like(inputs), *a, **kw)
+            state.assign(after)
+            shift = np.asarray(zeros)
+            record((np.asarray(ones) - shift, shift))
+            return output
+
+        return call
+
+    return make
+
+
+def _on_ones(record):
+    """A tf_keras generator `dropout` drawing its mask on ones, applied to the inputs."""
+    import tensorflow as tf
+
+    def make(original):
+        def dropout(inputs, rate, *a, **kw):
+            mask = original(tf.ones_like(inputs), rate, *a, **kw)
+            record((np.asarray(mask), 0.0))
+            return inputs * mask
+
+        return dropout
+
+    return make
 
 
 def _noisy_call(runner, layer, argument, args, kwargs):
@@ -487,6 +645,12 @@ def _compute_loss(runner, model, arrays, y, y_pred, weights):
     if runner.flavor == "keras":
         kwargs["training"] = True
     return model.compute_loss(**kwargs)
+
+
+def _keras_mask(value):
+    """The Keras mask a tensor carries (`_keras_mask`), as a NumPy array, or None."""
+    mask = getattr(value, "_keras_mask", None)
+    return None if mask is None else np.asarray(mask)
 
 
 def _maybe(value):

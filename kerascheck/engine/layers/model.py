@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+from ...loading.spec import resolve
 from ..base import Layer
+
+
+def propagate_masks(graph, values: dict, input_masks=None) -> dict:
+    """{(layer, call index): the Keras mask of that call's output}, recomputed from a
+    forward's values (`Tape.values`) with the rules `Graph._invoke` applies; a nested
+    model's masks come from its own graph."""
+    from ..graph import _pick
+
+    inputs = graph.spec.inputs
+    masks = {(i.name, 0): m for i, m in zip(inputs, input_masks or [None] * len(inputs))}
+    for call in graph.spec.calls:
+        layer = graph.layers[call.layer]
+        first = [_pick(values, ref) for ref in call.inputs]
+        first_mask = [_pick(masks, ref) for ref in call.inputs]
+        mask = first_mask if call.as_list else (first_mask[0] if first_mask else None)
+        if call.first is not None or not any(m is not None for m in first_mask):
+            mask = None
+        if call.first is not None:
+            argument = resolve(call.first, lambda ref: _pick(values, ref))
+        else:
+            argument = first if call.as_list else (first[0] if first else None)
+        out = None
+        if isinstance(layer, Functional):
+            arrays = argument if isinstance(argument, list) else [argument]
+            nested = mask if isinstance(mask, list) else [mask] * len(arrays)
+            out = layer.output_masks_for(arrays, nested)
+        elif layer.supports_masking:
+            out = layer.compute_mask(argument, mask)
+        masks[(call.layer, call.index)] = out
+    return masks
 
 
 class Functional(Layer):
@@ -53,13 +84,29 @@ class Functional(Layer):
             for weight in layer.trainable_names()
         ]
 
+    def output_masks_for(self, arrays, input_masks) -> list:
+        """The nested outputs' masks for these inputs (an inference pass when masked)."""
+        if not any(m is not None for m in input_masks) and not _starts_masks(self.graph):
+            return self._single([None] * len(self.spec_model.outputs))
+        self.graph.run(arrays, keep=False, input_masks=input_masks)
+        return self._single(self.graph.output_masks)
+
+    @staticmethod
+    def _single(masks):
+        return masks[0] if len(masks) == 1 else masks
+
     def vjp(self, inputs, training=False, noise=None, mask=None):
         """The nested graph's own backward; its weights come back as `inner/weight`."""
         from .. import backprop
 
         arrays = inputs if isinstance(inputs, list) else [inputs]
-        tape = backprop.forward(self.graph, arrays, training)
-        self._output_masks = [None] * len(tape.outputs)
+        # `noise`: {inner call name: what Keras realized} (the oracle's `_nested_call`)
+        tape = backprop.forward(self.graph, arrays, training, noise)
+        masks = mask if isinstance(mask, list) else [mask] * len(arrays)
+        computed = propagate_masks(self.graph, tape.values, masks)
+        from ..graph import _pick
+
+        self._output_masks = [_pick(computed, ref) for ref in self.spec_model.outputs]
         self._bind_weights()
 
         def backward(d_output):
@@ -82,6 +129,17 @@ class Functional(Layer):
 
     def param_count(self):
         return self.graph.param_count()
+
+
+def _starts_masks(graph) -> bool:
+    """Whether a layer of the graph (or of a graph nested in it) can start a mask."""
+    for layer in graph.layers.values():
+        if isinstance(layer, Functional):
+            if _starts_masks(layer.graph):
+                return True
+        elif type(layer).compute_mask is not Layer.compute_mask:
+            return True
+    return False
 
 
 class Sequential(Functional):
