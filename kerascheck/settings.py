@@ -15,6 +15,7 @@ then the documented defaults. Both files use the same keys:
 
 from __future__ import annotations
 
+import difflib
 import os
 
 from .compare import Tolerance, TolerancePolicy
@@ -37,16 +38,43 @@ def file_settings(config_path: str | None = None, cwd: str = ".") -> tuple[dict,
     """The kerascheck table and where it came from (empty when there is none)."""
     if config_path:
         data = _read_toml(config_path)
-        return data.get("tool", {}).get("kerascheck", data), config_path
+        if "tool" in data:
+            table = data["tool"].get("kerascheck") if isinstance(data["tool"], dict) else None
+            if not isinstance(table, dict):
+                raise KerascheckError(
+                    f"{config_path}: expected a [tool.kerascheck] table, found none"
+                )
+            return _checked(table, config_path), config_path
+        return _checked(data, config_path), config_path
     local = os.path.join(cwd, "kerascheck.toml")
     if os.path.exists(local):
-        return _read_toml(local), local
+        return _checked(_read_toml(local), local), local
     pyproject = os.path.join(cwd, "pyproject.toml")
     if os.path.exists(pyproject):
         table = _read_toml(pyproject).get("tool", {}).get("kerascheck")
         if table is not None:
-            return table, pyproject
+            return _checked(table, f"{pyproject} [tool.kerascheck]"), pyproject
     return {}, None
+
+
+KNOWN_KEYS = ("atol", "rtol", "layers")
+
+
+def _checked(table, where: str) -> dict:
+    """The settings table, or one line naming a key kerascheck does not know (a typo
+    silently ignored would leave the default tolerance in force)."""
+    if not isinstance(table, dict):
+        raise KerascheckError(f"{where}: expected a table of settings, found {table!r}")
+    for key in table:
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise KerascheckError(
+                f"{where}: unknown setting '{key}'{hint}; expected {', '.join(KNOWN_KEYS)}"
+            )
+    if not isinstance(table.get("layers", {}), dict):
+        raise KerascheckError(f"{where}: 'layers' must be a table of per-layer tolerances")
+    return table
 
 
 def _tolerance(values: dict, base: Tolerance, where: str) -> Tolerance:

@@ -15,7 +15,10 @@ matters; inputs mix negatives and values past activation clamp points.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -81,6 +84,44 @@ def channels_first(k):
     return k.Model(inputs, outputs, name="seed001_channels_first")
 
 
+def fingerprint(path: str) -> str:
+    """What a model file means (architecture, weights, compile settings), not its bytes:
+    Keras stamps the save time into every file it writes."""
+    from kerascheck.loading import read_model
+
+    spec = read_model(path)
+    digest = hashlib.sha256()
+    layers = [(layer.class_name, layer.config) for layer in spec.layers.values()]
+    training = {key: value for key, value in (spec.training or {}).items() if key != "where"}
+    meaning = [spec.name, spec.class_name, layers, training, spec.inputs, spec.outputs]
+    digest.update(json.dumps(meaning, sort_keys=True, default=repr).encode())
+    for layer in spec.layers.values():
+        for value in layer.weights:
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def save_if_changed(model, path: str) -> bool:
+    """Save `model` to `path` unless the file there already holds the same model, so
+    `make samples` leaves the tree clean when nothing changed."""
+    suffix = os.path.splitext(path)[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = os.path.join(tmp, "model" + suffix)
+        model.save(fresh)
+        if os.path.exists(path) and fingerprint(path) == fingerprint(fresh):
+            return False
+        os.replace(fresh, path)
+    return True
+
+
+def save_array_if_changed(path: str, value: np.ndarray) -> None:
+    if os.path.exists(path):
+        old = np.load(path)
+        if old.dtype == value.dtype and np.array_equal(old, value):
+            return
+    np.save(path, value)
+
+
 def one_hot_input(rng, batch: int = 4, m: int = 6) -> np.ndarray:
     categories = rng.integers(0, m, size=(batch, 27, 3))
     return np.eye(m, dtype="float32")[categories]
@@ -110,11 +151,12 @@ def main() -> None:
         loss = "mse" if y.shape[-1] == 1 else "categorical_crossentropy"
         model.compile(optimizer=k.optimizers.SGD(0.01), loss=loss)
         path = os.path.join(HERE, name)
-        model.save(path)
+        changed = save_if_changed(model, path)
         stem = os.path.join(HERE, name.rsplit(".", 1)[0])
-        np.save(stem + ".input.npy", x)
-        np.save(stem + ".target.npy", y)
-        print(f"wrote {path}, its input {x.shape} and target {y.shape}")
+        save_array_if_changed(stem + ".input.npy", x)
+        save_array_if_changed(stem + ".target.npy", y)
+        state = "wrote" if changed else "unchanged:"
+        print(f"{state} {path}, its input {x.shape} and target {y.shape}")
 
 
 if __name__ == "__main__":
