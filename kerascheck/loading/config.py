@@ -333,6 +333,20 @@ def _parse_functional(config: dict, keras_version: str, keras2: bool, source: st
             f"found {len(inputs)} input(s) and {len(outputs)} output(s)"
         )
     input_specs = []
+    for call in calls:
+        if not call.refs:
+            layer = layers[call.layer]
+            lost = ""
+            if layer.class_name == "TFOpLambda":
+                lost = (
+                    f" (tf_keras saves only tf.{layer.config.get('function')}'s first argument "
+                    "and keyword arguments, so its positional tensors were lost; tf_keras "
+                    "cannot reload this file either)"
+                )
+            raise KerascheckError(
+                f"{source}: expected at least one input tensor for call {call.index} of layer "
+                f"'{call.layer}', found none{lost}"
+            )
     for r in inputs:
         if layers[r.layer].class_name != "InputLayer":
             raise KerascheckError(
@@ -485,12 +499,6 @@ def _topological(
 ) -> list[CallSpec]:
     """Order calls so each comes after its producers, keeping config order otherwise, and
     check that every model output is produced."""
-    for call in calls:
-        if not call.refs:
-            raise KerascheckError(
-                f"{source}: expected at least one input tensor for call {call.index} of layer "
-                f"'{call.layer}', found none"
-            )
     available = {(name, 0) for name in input_layers}
     ordered, pending = [], list(calls)
     while pending:  # config order is already topological in files Keras writes: O(n) then

@@ -89,9 +89,10 @@ def test_every_operation_has_a_backward():
     """Each allow-listed TensorFlow function and each Keras 3 operation node has a
     backward: a derivative, the gather of moved elements, or TensorFlow's no-gradient."""
     from kerascheck.engine.layers.op_gradients import TF_SYMBOLS, has_backward
-    from kerascheck.engine.layers.tf_ops import KERAS3_OPS, TF_FUNCTIONS
+    from kerascheck.engine.layers.tf_ops import KERAS3_OPS, NEVER_RUN, TF_FUNCTIONS
 
-    missing = [s for s in TF_FUNCTIONS if not has_backward(TF_SYMBOLS.get(s, ""))]
+    runnable = [s for s in TF_FUNCTIONS if s not in NEVER_RUN]
+    missing = [s for s in runnable if not has_backward(TF_SYMBOLS.get(s, ""))]
     missing += [cls.__name__ for cls in KERAS3_OPS if not has_backward(cls.__name__)]
     assert missing == []
 
@@ -144,3 +145,51 @@ def test_operation_without_a_backward_is_refused_by_name(tmp_path):
     np.testing.assert_allclose(ours.predict(x), np.asarray(model(x)), rtol=1e-5)
     with pytest.raises(KerascheckError, match=r"layer 'norm(_\d+)?' \(Norm\).*norm with ord=inf"):
         grad_model(path, ours, [x], [np.zeros((3,), "float32")], loss_option="mse")
+
+
+def _ranking(k, ops):
+    """Dense -> cumsum / top_k / unstack / image resize -> Dense, in either flavour."""
+    inputs = k.Input((12,))
+    h = k.layers.Dense(12)(inputs)
+    values, _ = ops.top_k(h, 4)
+    rows = ops.unstack(k.layers.Reshape((3, 4))(h), axis=1)
+    summed = ops.cumsum(h, 1) if ops.cumsum_args is None else ops.cumsum(h, **ops.cumsum_args)
+    image = ops.resize(k.layers.Reshape((3, 4, 1))(h))
+    flat = k.layers.Flatten()(image)
+    joined = k.layers.Concatenate()([values, rows[0] * 2.0, rows[2], summed, flat])
+    return k.Model(inputs, k.layers.Dense(3)(joined))
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_ranking_and_resizing_ops_backward_match_keras(tmp_path, flavor):
+    """top_k's values go back to the entries they came from, unstack's unused rows get
+    zeros, cumsum (exclusive, reversed) and bilinear resize through their transposes."""
+    if flavor == "keras":
+        import keras
+
+        class ops:
+            top_k, unstack, cumsum_args = keras.ops.top_k, keras.ops.unstack, None
+            cumsum = staticmethod(lambda h, axis: keras.ops.cumsum(h, axis=axis))
+            resize = keras.layers.Resizing(5, 7)
+
+        model = _ranking(keras, ops)
+        path = str(tmp_path / "ranking.keras")
+    else:
+        import tensorflow as tf
+        import tf_keras
+
+        class ops:
+            top_k, unstack, cumsum = tf.math.top_k, tf.unstack, tf.math.cumsum
+            cumsum_args = {"axis": 1, "exclusive": True, "reverse": True}
+            resize = staticmethod(lambda x: tf.image.resize(x, (5, 7)))
+
+        model = _ranking(tf_keras, ops)
+        path = str(tmp_path / "ranking.h5")
+    model.save(path)
+    x = make_input((3, 12), seed=5)
+    y = np.zeros((3, 3), "float32")
+    result = grad_model(path, kerascheck.load(path), [x], [y], loss_option="mse")
+    assert result.first_divergence is None, result.first_divergence
+    first = [row for row in result.rows if row.class_name == "Dense"][0]
+    kernel = next(t for t in first.tensors if t.tensor == "kernel")
+    assert kernel.carried.rel_error < 1e-4

@@ -116,6 +116,19 @@ KERAS2_CASES = {
         tf.math.floor(x) + tf.math.ceil(y),
         tf.math.reduce_logsumexp(x, axis=-1, keepdims=True),
     ],
+    "cumsum-top_k-unstack": lambda tf, x, y: [
+        tf.math.cumsum(x, axis=1),
+        tf.math.cumsum(x, axis=-1, exclusive=True, reverse=True),
+        tf.cumsum(tf.cast(x > 0.0, "int32"), axis=2, reverse=True),
+        *tf.math.top_k(x, k=2),
+        tf.math.top_k(tf.round(y), k=3)[1],  # ties: the lower index first
+        *tf.unstack(x, axis=2),
+    ],
+    "image.resize": lambda tf, x, y: [
+        tf.image.resize(tf.reshape(x, (-1, 3, 4, 1)) * 3.0, (5, 7)),
+        tf.image.resize(tf.reshape(y, (-1, 2, 3, 2)), (4, 4), method="nearest"),
+        tf.image.resize(tf.reshape(x, (-1, 3, 4, 1)), (6, 2), method="bicubic"),
+    ],
     "ops-chain": lambda tf, x, y: tf.nn.relu(tf.reshape(x[:, 1:] + y[:, :-1], (-1, 8)) * 0.5),
 }
 
@@ -151,12 +164,12 @@ def _tf_keras_file(tmp_path, build, ext=".h5"):
 
 @pytest.mark.parametrize("ext", [".h5", ".keras"])
 def test_unlisted_tf_function_is_refused_by_name(tmp_path, ext):
-    path = _tf_keras_file(tmp_path, lambda tf, x, y: tf.math.cumsum(x, axis=1), ext)
+    path = _tf_keras_file(tmp_path, lambda tf, x, y: tf.math.lgamma(x), ext)
     with pytest.raises(UnsafeModelError) as info:
         kerascheck.load(path)
     message = str(info.value)
-    # tf_keras numbers op layers per process: 'tf.math.cumsum', 'tf.math.cumsum_1', ...
-    assert "layer 'tf.math.cumsum" in message and "TFOpLambda calling tf.math.cumsum," in message
+    # tf_keras numbers op layers per process: 'tf.math.lgamma', 'tf.math.lgamma_1', ...
+    assert "layer 'tf.math.lgamma" in message and "TFOpLambda calling tf.math.lgamma," in message
     assert "allow-list" in message
 
 
@@ -232,6 +245,11 @@ KERAS3_CASES = {
         ops.prod(ops.cast(x, "int32"), axis=-1),
         ops.round(x * 1.25),
         ops.where(x > y, x, 2.0),
+    ],
+    "top_k-unstack": lambda ops, x, y: [
+        *ops.top_k(x, 2),
+        ops.top_k(ops.round(y), 3)[1],
+        *ops.unstack(x, axis=1),
     ],
     "einsum-norm-pad": lambda ops, x, y: [
         ops.einsum("bij,bkj->bik", x, y),
@@ -312,3 +330,13 @@ def test_loading_tf_op_layers_does_not_import_tensorflow(tmp_path):
     assert report["loaded"] == []
     expected = keras_predict(model, data)
     assert_matches([np.asarray(o, dtype="float32") for o in report["out"]], expected)
+
+
+def test_tf_keras_einsum_file_is_refused_with_its_cause(tmp_path):
+    """tf_keras saves tf.einsum's equation but not its operands: the error says so."""
+    path = _tf_keras_file(tmp_path, lambda tf, x, y: tf.einsum("bij,bkj->bik", x, y))
+    with pytest.raises(kerascheck.KerascheckError) as info:
+        kerascheck.load(path)
+    message = str(info.value)
+    assert "layer 'tf.einsum" in message and "found none" in message
+    assert "tf.einsum's first argument and keyword arguments" in message

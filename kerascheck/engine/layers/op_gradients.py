@@ -30,6 +30,7 @@ import numpy as np
 from .. import activations as act
 from ..gather import gather_vjp
 from .core import _sum_to_shape
+from .tf_ops import tf_cumsum
 
 # -- helpers ------------------------------------------------------------------------
 
@@ -176,6 +177,28 @@ def _cumulative(step):
 
 def _reverse_cumsum(v, axis):
     return np.flip(np.cumsum(np.flip(v, axis), axis), axis)
+
+
+def _top_k(x, y, dy, k=1, sorted=True, **_):  # noqa: A002
+    """The values' gradient back to the entries they were taken from (indices: none)."""
+    d_values = dy[0] if isinstance(dy, (list, tuple)) else dy
+    grad = np.zeros_like(x)
+    if d_values is not None:
+        np.put_along_axis(grad, y[1].astype(np.intp), d_values, axis=-1)
+    return grad
+
+
+def _unstack(x, y, dy, axis=0, **_):
+    pieces = [np.zeros_like(part) if d is None else d for d, part in zip(dy, y)]
+    return np.stack(pieces, axis=int(axis))
+
+
+def _image_resize(x, y, dy, size=None, method="bilinear", **_):
+    from .preprocessing import resize_images_transpose
+
+    batch, d = (x, dy) if x.ndim == 4 else (x[None], dy[None])
+    d = resize_images_transpose(np.asarray(d), batch.shape[1:3], str(method).lower())
+    return d if x.ndim == 4 else d[0]
 
 
 def _logsumexp(x, y, dy, axis=None, keepdims=False):
@@ -374,6 +397,12 @@ UNARY = {
     "Norm": _norm,
     "Cumsum": _cumulative(lambda x, y, dy, axis: _reverse_cumsum(dy, axis)),
     "Cumprod": _cumulative(lambda x, y, dy, axis: _reverse_cumsum(y * dy, axis) / x),
+    "tf.cumsum": lambda x, y, dy, axis=0, exclusive=False, reverse=False: tf_cumsum(
+        dy, axis, exclusive, not reverse
+    ),
+    "TopK": _top_k,
+    "Unstack": _unstack,
+    "tf.image_resize": _image_resize,
 }
 
 NARY = {"Where": _where, "Clip": _clip, "Einsum": _einsum}
@@ -475,6 +504,12 @@ TF_SYMBOLS = {
     "math.argmin": "Argmin",
     "one_hot": "OneHot",
     "nn.depth_to_space": "DepthToSpace",
+    "math.cumsum": "tf.cumsum",
+    "cumsum": "tf.cumsum",
+    "math.top_k": "TopK",
+    "nn.top_k": "TopK",
+    "unstack": "Unstack",
+    "image.resize": "tf.image_resize",
     **dict.fromkeys(NO_GRADIENT_SYMBOLS, "Greater"),  # any kind without a gradient
 }
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..base import Layer, data_format
 from ..windows import from_channels_last, to_channels_last
 from .core import Identity, config_array
-from .reshaping import KERNELS, apply_taps, resampling_taps
+from .reshaping import KERNELS, apply_taps, apply_taps_transpose, resampling_taps
 
 EPSILON = 1e-7  # keras.backend.epsilon(), the floor on Normalization's std
 INT64_MAX = np.iinfo(np.int64).max  # Keras' lookup value for mask tokens outside "int" mode
@@ -351,6 +351,17 @@ def resize_images(x: np.ndarray, size: tuple, method: str) -> np.ndarray:
     return x
 
 
+def resize_images_transpose(d_output: np.ndarray, sizes: tuple, method: str) -> np.ndarray:
+    """The backward of `resize_images` to input `sizes` (TensorFlow's Resize*Grad): each
+    axis is its own linear map, transposed in turn. ResizeArea has no gradient."""
+    if method == "area":
+        raise NotImplementedError("resize with method 'area' (TensorFlow has no gradient)")
+    d = d_output
+    for axis, size in ((1, sizes[0]), (2, sizes[1])):
+        d = apply_taps_transpose(d, axis, *resize_taps(size, d.shape[axis], method), size)
+    return d
+
+
 def aspect_box(height: int, width: int, size: tuple) -> tuple:
     """Largest centered window of the target aspect ratio (Keras' crop_to_aspect_ratio).
 
@@ -444,6 +455,18 @@ class Resizing(ImageLayer):
             info = np.iinfo(source.dtype)
             return np.clip(np.round(y), info.min, info.max).astype(source.dtype)
         return y.astype(self.context.dtype if source.dtype.kind != "f" else source.dtype)
+
+    def vjp(self, x, training=False, noise=None):
+        if self.crop or self.pad or x.dtype.kind != "f" or self.method == "area":
+            return super().vjp(x)
+        sizes = to_channels_last(x, self.data_format).shape[1:3]
+
+        def backward(d_output):
+            d = to_channels_last(d_output, self.data_format)
+            d = resize_images_transpose(d, sizes, self.method).astype(x.dtype, copy=False)
+            return from_channels_last(d, self.data_format), {}
+
+        return self.call(x), backward
 
 
 class CenterCrop(ImageLayer):

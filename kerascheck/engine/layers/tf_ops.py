@@ -557,6 +557,76 @@ def depth_to_space(x, block_size, data_format="channels_last"):
     return np.moveaxis(y, -1, 1) if data_format == "channels_first" else y
 
 
+def tf_cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
+    """`tf.math.cumsum`: `exclusive` leaves each element out of its own sum, `reverse`
+    sums from the end."""
+    x = _accumulating(x)
+    axis = int(axis)
+    if reverse:
+        x = np.flip(x, axis)
+    y = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if exclusive:
+        y = np.concatenate(
+            [np.zeros_like(np.take(y, [0], axis=axis)), np.delete(y, -1, axis=axis)], axis=axis
+        )
+    return np.flip(y, axis) if reverse else y
+
+
+def top_k(x, k=1, sorted=True):  # noqa: A002 (Keras' parameter name)
+    """(values, indices) of the `k` largest entries along the last axis, largest first;
+    equal values keep their order (the lower index first), as TensorFlow's TopKV2."""
+    x = np.asarray(x)
+    k = int(k)
+    if not 0 <= k <= x.shape[-1]:
+        raise TypeError(f"k={k} is not between 0 and the last axis' size {x.shape[-1]}")
+    keys = -x.astype(np.float64) if x.dtype.kind in "iub" else -x
+    indices = np.argsort(keys, axis=-1, kind="stable")[..., :k]
+    return [np.take_along_axis(x, indices, axis=-1), indices.astype(np.int32)]
+
+
+def tf_top_k(input, k=1, sorted=True, index_type=None, name=None):  # noqa: A002
+    if index_type not in (None, "int32"):
+        values, indices = top_k(input, k)
+        return [values, indices.astype(cast_dtype(index_type))]
+    return top_k(input, k, sorted)
+
+
+def unstack(x, num=None, axis=0):
+    x = np.asarray(x)
+    axis = int(axis)
+    if num is not None and int(num) != x.shape[axis]:
+        raise TypeError(f"num={num} does not match axis {axis} of size {x.shape[axis]}")
+    return [np.take(x, i, axis=axis) for i in range(x.shape[axis])]
+
+
+def tf_unstack(value, num=None, axis=0, name="unstack"):
+    return unstack(value, num, axis)
+
+
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian")
+
+
+def tf_image_resize(
+    images, size, method="bilinear", preserve_aspect_ratio=False, antialias=False, name=None
+):
+    """`tf.image.resize` of a channels-last image or batch of images, in float32."""
+    from .preprocessing import resize_images
+
+    method = str(method).lower()
+    if method not in RESIZE_METHODS:
+        raise TypeError(f"method '{method}' is not one of {RESIZE_METHODS}")
+    if preserve_aspect_ratio or antialias:
+        raise TypeError("preserve_aspect_ratio and antialias are not supported (expected False)")
+    x = np.asarray(images)
+    if x.ndim not in (3, 4):
+        raise TypeError(f"expected an image or a batch of images (rank 3 or 4), found {x.shape}")
+    batch = x if x.ndim == 4 else x[None]
+    if method != "nearest" or batch.dtype.kind != "f":
+        batch = batch.astype(np.float32)
+    y = resize_images(batch, (int(size[0]), int(size[1])), method)
+    return y if x.ndim == 4 else y[0]
+
+
 # Saved `function` name -> NumPy function with TensorFlow's signature. This is the
 # allow-list loading/safety.py checks: adding a symbol is one line here.
 TF_FUNCTIONS = {
@@ -649,6 +719,15 @@ TF_FUNCTIONS = {
     "reverse": tf_reverse,
     "one_hot": tf_one_hot,
     "nn.depth_to_space": tf_depth_to_space,
+    "math.cumsum": tf_cumsum,
+    "cumsum": tf_cumsum,
+    "math.top_k": tf_top_k,
+    "nn.top_k": tf_top_k,
+    "unstack": tf_unstack,
+    "image.resize": tf_image_resize,
+    # tf_keras drops tf.einsum's operand tensors when saving: listed so that reading
+    # the file names that cause (loading/config.py) rather than the allow-list.
+    "einsum": lambda equation, **_: np.einsum(equation),
 }
 
 
@@ -856,6 +935,11 @@ KERAS3_OPS = (
     _op("Normalize", keras_normalize, axis="axis", order="order", epsilon="epsilon"),
     _op("OneHot", one_hot, num_classes="num_classes", axis="axis", dtype="dtype", sparse="sparse"),
     _op("DepthToSpace", depth_to_space, block_size="block_size", data_format="data_format"),
+    _op("TopK", top_k, k="k", sorted="sorted"),
+    _op("Unstack", unstack, num="num", axis="axis"),
 )
+
+# Allow-listed functions whose tf_keras nodes cannot be read (see "einsum"): no backward.
+NEVER_RUN = ("einsum",)
 
 LAYERS = (TFOpLambda, SlicingOpLambda, *KERAS3_OPS)
