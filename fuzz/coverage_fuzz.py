@@ -36,7 +36,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import atheris  # noqa: E402
-import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 from test_mutations import (  # noqa: E402
     BASE_H5,
@@ -44,6 +43,7 @@ from test_mutations import (  # noqa: E402
     _members,
     _mutate_bytes,
     _zip,
+    h5_config_mutation,
     h5_mutation,
     mutate_json,
 )
@@ -136,12 +136,7 @@ def _mutate_keras(body: bytes, rng: random.Random) -> bytes:
 def _mutate_h5(body: bytes, rng: random.Random) -> bytes:
     if rng.random() < 0.5:
         return h5_mutation(body, rng)
-    buffer = io.BytesIO(body)
-    with h5py.File(buffer, "r+") as handle:
-        key = rng.choice(["model_config", "training_config"])
-        config = json.loads(handle.attrs[key])
-        handle.attrs[key] = json.dumps(mutate_json(config, rng))
-    return buffer.getvalue()
+    return h5_config_mutation(body, rng)
 
 
 def _seed(kind: bytes) -> bytes:

@@ -222,6 +222,11 @@ def h5_case(rng: random.Random) -> bytes:
         return _mutate_bytes(data, rng)
     if kind == "struct":
         return h5_mutation(data, rng)
+    return h5_config_mutation(data, rng)
+
+
+def h5_config_mutation(data: bytes, rng: random.Random) -> bytes:
+    """A legacy `.h5` file with its model or training config mutated as JSON."""
     buffer = io.BytesIO(data)
     with h5py.File(buffer, "r+") as handle:
         key = rng.choice(["model_config", "training_config"])

@@ -390,26 +390,33 @@ def _spy_nested(stack, runner, keras_model, nested_spec, store):
             stack.enter_context(_Spy(generator, "dropout", _on_ones(record)))
 
 
+def _replay_draw(state, call, inputs, args, kwargs):
+    """Keras 3: `call(inputs)`, then the same random draw replayed on ones and zeros
+    (the seed state rewound each time), so the (scale, shift) it applied is read back."""
+    import tensorflow as tf
+
+    before = state.numpy()
+    output = call(inputs, *args, **kwargs)
+    after = state.numpy()
+    state.assign(before)
+    ones = call(tf.ones_like(inputs), *args, **kwargs)
+    state.assign(before)
+    zeros = call(tf.zeros_like(inputs), *args, **kwargs)
+    state.assign(after)
+    shift = np.asarray(zeros)
+    return output, (np.asarray(ones) - shift, shift)
+
+
 def _replaying(layer, record):
     """A Keras 3 layer `call` that also replays its draw on ones and zeros."""
-    import tensorflow as tf
 
     def make(original):
         def call(inputs, *a, **kw):
             if getattr(layer, "seed_generator", None) is None:  # rate 0: nothing drawn
                 record((1.0, 0.0))
                 return original(inputs, *a, **kw)
-            state = layer.seed_generator.state
-            before = state.numpy()
-            output = original(inputs, *a, **kw)
-            after = state.numpy()
-            state.assign(before)
-            ones = original(tf.ones_like(inputs), *a, **kw)
-            state.assign(before)
-            zeros = original(tf.zeros_like(inputs), *a, **kw)
-            state.assign(after)
-            shift = np.asarray(zeros)
-            record((np.asarray(ones) - shift, shift))
+            output, drawn = _replay_draw(layer.seed_generator.state, original, inputs, a, kw)
+            record(drawn)
             return output
 
         return call
@@ -435,26 +442,16 @@ def _on_ones(record):
 def _noisy_call(runner, layer, argument, args, kwargs):
     """Run a dropout or noise layer and read back the (scale, shift) it applied;
     for recurrent and attention layers, the masks their dropout drew."""
-    import tensorflow as tf
 
     if hasattr(layer, "cell") or hasattr(layer, "forward_layer"):
         return _recurrent_call(runner, layer, argument, args, kwargs)
     if type(layer).__name__ in ATTENTION:
         return _attention_call(runner, layer, argument, args, kwargs)
 
-    generator = getattr(layer, "seed_generator", None)
-    state = getattr(generator, "state", None)
-    before = None if state is None else state.numpy()
+    state = getattr(getattr(layer, "seed_generator", None), "state", None)
+    if state is not None:  # Keras 3
+        return _replay_draw(state, layer, argument, args, kwargs)
     output = layer(argument, *args, **kwargs)
-    if state is not None:  # Keras 3: replay the same draw on ones and zeros
-        after = state.numpy()
-        state.assign(before)
-        ones = layer(tf.ones_like(argument), *args, **kwargs)
-        state.assign(before)
-        zeros = layer(tf.zeros_like(argument), *args, **kwargs)
-        state.assign(after)
-        shift = np.asarray(zeros)
-        return output, (np.asarray(ones) - shift, shift)
     x, y = np.asarray(argument), np.asarray(output)
     if type(layer).__name__ in ADDITIVE_NOISE:
         return output, (1.0, y - x)
