@@ -207,3 +207,25 @@ def test_resize_area_has_no_tensorflow_gradient_and_exits_2_naming_the_layer(tmp
         grad_model(
             path, kerascheck.load(path), [make_input((2, 3, 4, 2))], [make_input((2, 6, 12, 2))]
         )
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_a_mask_from_the_outer_model_reaches_a_nested_models_layers(flavor, tmp_path):
+    """Embedding(mask_zero) outside, LSTM inside a nested model: Keras passes the mask
+    across the boundary, so the LSTM skips the padded steps in both passes."""
+    k = keras_module(flavor)
+    inner = k.Sequential([k.Input((T, 4)), k.layers.LSTM(3)], name="inner")
+    tokens = k.Input((T,), dtype="int32")
+    embedded = k.layers.Embedding(V, 4, mask_zero=True, name="embed")(tokens)
+    model = k.Model(tokens, k.layers.Dense(2, name="head")(inner(embedded)))
+    randomize_weights(model, seed=9)
+    model.compile(optimizer="sgd", loss="mse")
+    path = _save(model, tmp_path, flavor, f"outer_mask_{flavor}")
+    x, _ = masked_batch("embedding", "mse")
+    y = make_input((B, 2), seed=10)
+    loaded = kerascheck.load(path)
+    result = grad_model(path, loaded, [x], [y])
+    _check(result)
+    # Unmasked, the padded steps would change the LSTM's last state and its gradients.
+    unmasked = loaded.graph.layers["inner"].graph.run([loaded.run(x)["embed"]])[0][0]
+    assert not np.allclose(unmasked, loaded.run(x)["inner"], atol=1e-4)

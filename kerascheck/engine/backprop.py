@@ -52,16 +52,19 @@ def forward(
     training: bool = True,
     noise: dict | None = None,
     feed: dict | None = None,
+    input_masks: list | None = None,
 ) -> Tape:
     """Run every call through `Layer.vjp`.
 
     `noise` maps call names to the `(scale, shift)` Keras realized in its
     dropout and noise layers. With `feed` ({call name: Keras' output}) each call
-    reads Keras' values instead of the engine's, for own errors.
+    reads Keras' values instead of the engine's, for own errors. `input_masks`:
+    the masks entering a nested model from its caller.
     """
     noise = noise or {}
     values = {(spec.name, 0): array for spec, array in zip(graph.spec.inputs, inputs)}
-    masks = {(spec.name, 0): None for spec in graph.spec.inputs}
+    entering = input_masks or [None] * len(graph.spec.inputs)
+    masks = {(spec.name, 0): mask for spec, mask in zip(graph.spec.inputs, entering)}
     fed = dict(values)
     per_call, backwards = {}, {}
     constant = constant_calls(graph)

@@ -58,7 +58,8 @@ def correlate(x, kernel, strides, dilation, padding, groups=1):
 
 def _patches_times_kernel(patches, lead, kernel, groups):
     y = np.matmul(patches, _kernel_matrices(kernel, groups).astype(patches.dtype, copy=False))
-    return _ungroup(y).reshape(*lead, -1)  # (groups, N, out/groups) -> (*lead, out)
+    # (groups, N, out/groups) -> (*lead, out); sizes spelled out so an empty batch works
+    return _ungroup(y).reshape(*lead, y.shape[0] * y.shape[2])
 
 
 def correlate_kernel_grad(x, dz, kernel_shape, strides, dilation, padding, groups=1):
@@ -173,9 +174,11 @@ def _patches(x, kernel_shape, strides, dilation, padding, groups):
     rank = len(kernel_shape) - 2
     view = _windows(x, kernel_shape[:rank], strides, dilation, padding)
     lead = view.shape[: rank + 1]
-    split = view.reshape(*view.shape[:-1], groups, -1)  # channel g*in/g + c -> (g, c)
+    channels = view.shape[-1] // groups
+    split = view.reshape(*view.shape[:-1], groups, channels)  # channel g*in/g + c -> (g, c)
     patches = np.ascontiguousarray(np.moveaxis(split, -2, 0))
-    return patches.reshape(groups, math.prod(lead), -1), lead
+    taps = math.prod(view.shape[rank + 1 : -1]) * channels
+    return patches.reshape(groups, math.prod(lead), taps), lead
 
 
 def _kernel_matrices(kernel, groups):
@@ -191,7 +194,7 @@ def _group(z, groups):
 
 def _ungroup(y):
     """(groups, N, out/groups) -> (N, out): the inverse of `_group`."""
-    return y.transpose(1, 0, 2).reshape(y.shape[1], -1)
+    return y.transpose(1, 0, 2).reshape(y.shape[1], y.shape[0] * y.shape[2])
 
 
 # -- the input gradient's strategies ---------------------------------------------
@@ -324,7 +327,7 @@ def _depthwise_on(view, kernel):
     o, t = _subscripts(rank)
     kernel = kernel.reshape(_depthwise_kernel(kernel.shape, view.shape[-1]))
     y = np.einsum(f"b{o}{t}c,{t}cm->b{o}cm", view, kernel.astype(view.dtype, copy=False))
-    return y.reshape(*y.shape[:-2], -1)
+    return y.reshape(*y.shape[:-2], y.shape[-2] * y.shape[-1])
 
 
 def _depthwise_kernel_grad(x, dz, kernel_shape, strides, dilation, padding):

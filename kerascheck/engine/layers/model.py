@@ -101,8 +101,8 @@ class Functional(Layer):
 
         arrays = inputs if isinstance(inputs, list) else [inputs]
         # `noise`: {inner call name: what Keras realized} (the oracle's `_nested_call`)
-        tape = backprop.forward(self.graph, arrays, training, noise)
         masks = mask if isinstance(mask, list) else [mask] * len(arrays)
+        tape = backprop.forward(self.graph, arrays, training, noise, input_masks=masks)
         computed = propagate_masks(self.graph, tape.values, masks)
         from ..graph import _pick
 
