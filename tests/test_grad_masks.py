@@ -229,3 +229,29 @@ def test_a_mask_from_the_outer_model_reaches_a_nested_models_layers(flavor, tmp_
     # Unmasked, the padded steps would change the LSTM's last state and its gradients.
     unmasked = loaded.graph.layers["inner"].graph.run([loaded.run(x)["embed"]])[0][0]
     assert not np.allclose(unmasked, loaded.run(x)["inner"], atol=1e-4)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_dropout_in_a_model_nested_twice_and_called_twice_is_replayed_per_call(flavor, tmp_path):
+    """outer -> middle (calls `block` twice) -> block (Dense, Dropout): each call of the
+    block drew its own mask, and each is replayed where it was drawn."""
+    k = keras_module(flavor)
+    block = k.Sequential(
+        [k.Input((6,)), k.layers.Dense(6), k.layers.Dropout(0.5, name="drop")], name="block"
+    )
+    inner_in = k.Input((6,))
+    middle = k.Model(inner_in, block(block(inner_in)), name="middle")
+    inp = k.Input((6,))
+    model = k.Model(inp, k.layers.Dense(2, name="head")(middle(inp)))
+    randomize_weights(model, seed=11)
+    model.compile(optimizer="sgd", loss="mse")
+    path = _save(model, tmp_path, flavor, f"twice_{flavor}")
+    x, y = make_input((8, 6), seed=12), make_input((8, 2), seed=13)
+    loaded = kerascheck.load(path)
+    result = grad_model(path, loaded, [x], [y], mode="train")
+    _check(result)
+    runner = KerasGradientRunner(path, loaded.spec, flavor, "mse")
+    noise = runner.gradients([x], [y], None, True).noise["middle"]
+    first, second = noise["block"]["drop"][0], noise["block#1"]["drop"][0]
+    assert np.shape(first) == np.shape(second) == (8, 6)
+    assert not np.array_equal(first, second)  # two draws, not one replayed twice

@@ -357,31 +357,69 @@ def _nested_call(runner, layer, nested_spec, argument, args, kwargs):
     from contextlib import ExitStack
 
     store: dict = {}
+    calls = _Calls(lambda index: store)
+    calls.start()
     with ExitStack() as stack:
-        _spy_nested(stack, runner, layer, nested_spec, store)
+        _spy_nested(stack, runner, layer, nested_spec, calls)
         output = layer(argument, *args, **kwargs)
     return output, store
 
 
-def _spy_nested(stack, runner, keras_model, nested_spec, store):
-    counts: dict = {}
+class _Calls:
+    """Where the draws of a nested model's current call go. A model called several times
+    (inside another nested model) runs its calls in order, each with its own store."""
+
+    def __init__(self, store_of):
+        self.store_of, self.index, self.counts = store_of, -1, {}
+
+    def start(self):
+        self.index += 1
+        self.counts = {}
+
+    @property
+    def store(self) -> dict:
+        return self.store_of(self.index)
+
+    def record(self, layer: str, names: list, value) -> None:
+        """The `n`-th draw of `layer` in this call is that of its `n`-th call."""
+        index = self.counts.get(layer, 0)
+        self.counts[layer] = index + 1
+        if index < len(names):
+            self.store[names[index]] = value
+
+
+def _starting(calls):
+    def make(original):
+        def call(*a, **kw):
+            calls.start()
+            return original(*a, **kw)
+
+        return call
+
+    return make
+
+
+def _spy_nested(stack, runner, keras_model, nested_spec, calls):
     for call in nested_spec.calls:
         spec_layer = nested_spec.layers[call.layer]
+        if call.index:  # the layer's first call spies on all of them
+            continue
         inner = keras_model.get_layer(call.layer)
-        if getattr(spec_layer, "model", None) is not None:
-            if call.index == 0:
-                _spy_nested(stack, runner, inner, spec_layer.model, store.setdefault(call.name, {}))
-            continue
-        if spec_layer.class_name not in NESTED_NOISE[runner.flavor] or call.index:
-            continue
         names = [c.name for c in nested_spec.calls if c.layer == call.layer]
-        counts[call.layer] = 0
+        if getattr(spec_layer, "model", None) is not None:
+            inner_calls = _Calls(
+                lambda index, names=names: calls.store.setdefault(
+                    names[min(index, len(names) - 1)], {}
+                )
+            )
+            stack.enter_context(_Spy(inner, "call", _starting(inner_calls)))
+            _spy_nested(stack, runner, inner, spec_layer.model, inner_calls)
+            continue
+        if spec_layer.class_name not in NESTED_NOISE[runner.flavor]:
+            continue
 
         def record(value, names=names, key=call.layer):
-            index = counts[key]
-            counts[key] += 1
-            if index < len(names):
-                store[names[index]] = value
+            calls.record(key, names, value)
 
         if runner.flavor == "keras":
             stack.enter_context(_Spy(inner, "call", _replaying(inner, record)))
