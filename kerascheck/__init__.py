@@ -12,9 +12,12 @@ __version__ = "0.1.0"
 __all__ = ["load", "KerascheckError", "UnsafeModelError", "UnsupportedLayerError"]
 
 
-def load(path, dtype: str = "float32"):
-    """Read a saved model and rebuild it in the NumPy engine."""
+def load(path, dtype: str = "float32", values: bool = True):
+    """Read a saved model and rebuild it in the NumPy engine.
+
+    `values=False` reads only the weights' shapes: output shapes and parameter
+    counts are there, running is refused."""
     from .engine.model import EngineModel
     from .loading import read_model
 
-    return EngineModel(read_model(path), dtype=dtype)
+    return EngineModel(read_model(path, values=values), dtype=dtype)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .compare import Comparison, TolerancePolicy, compare_arrays
 from .errors import KerascheckError
+from .inputs import LAYOUTS, input_layout, other_layout, transposed
 from .loading.spec import CallSpec, ModelSpec
 
 
@@ -39,8 +40,16 @@ def check_keys(mine: dict, spec: ModelSpec) -> dict[str, str]:
     return mapping
 
 
-def to_channels_last(array: np.ndarray) -> np.ndarray:
-    return np.moveaxis(array, 1, -1) if array.ndim >= 3 else array
+def output_layouts(spec: ModelSpec) -> dict[str, str]:
+    """The layout of each call's output: its layer's `data_format`, else its input's."""
+    layouts = {(i.name, 0): input_layout(spec, i.name) for i in spec.inputs}
+    found = {}
+    for call in spec.calls:
+        own = spec.layers[call.layer].config.get("data_format")
+        fed = [layouts[(r.layer, r.call)] for r in call.refs if (r.layer, r.call) in layouts]
+        layout = own if own in LAYOUTS else (fed[0] if fed else "channels_last")
+        layouts[(call.layer, call.index)] = found[call.name] = layout
+    return found
 
 
 def compare_against(
@@ -48,11 +57,16 @@ def compare_against(
     reference: dict,
     spec: ModelSpec,
     policy: TolerancePolicy,
-    layout: str = "channels_last",
+    layout: str | None = None,
     alternatives: Callable[[CallSpec], dict[str, np.ndarray]] | None = None,
 ) -> Comparison:
-    """One row per layer call: the user's array against the reference, with hints."""
+    """One row per layer call: the user's array against the reference, with hints.
+
+    `layout` is the layout the user's arrays are in; each is transposed to its
+    call's output layout (`output_layouts`), and taken as it is when None.
+    """
     mapping = check_keys(mine, spec)
+    layouts = output_layouts(spec)
     supplied = {call_name: key for key, call_name in mapping.items()}
     comparison = Comparison(tolerance=policy.default)
     for call in spec.calls:
@@ -66,14 +80,14 @@ def compare_against(
             comparison.layers.append(row)
             continue
         ours = np.asarray(mine[supplied[call.name]])
-        if layout == "channels_first":
-            ours = to_channels_last(ours)
         theirs = reference[call.name]
-        if ours.shape != np.shape(theirs) and ours.ndim == np.ndim(theirs) - 1:
+        if ours.ndim == np.ndim(theirs) - 1:
             ours = ours[None]  # one sample without its batch axis
+        model = layouts[call.name]
+        ours = transposed(ours, layout or model, model)
         row = compare_arrays(call.name, class_name, ours, theirs, tolerance)
         if row.status == "mismatch":
-            hint = explain(call, class_name, ours, theirs, tolerance, layout, alternatives)
+            hint = explain(call, class_name, ours, theirs, tolerance, layout, alternatives, model)
             if hint:
                 row.reason = hint
         comparison.layers.append(row)
@@ -88,15 +102,24 @@ def _close(a, b, tolerance) -> bool:
     return bool(np.all(np.isfinite(a))) and tolerance.allows(float(np.max(np.abs(a - b))), scale)
 
 
-def explain(call, class_name, ours, theirs, tolerance, layout, alternatives) -> str | None:
-    """The first known mistake that turns the reference into the user's array, if any."""
+def explain(
+    call, class_name, ours, theirs, tolerance, layout, alternatives, model="channels_last"
+) -> str | None:
+    """The first known mistake that turns the reference into the user's array, if any.
+
+    `ours` is already in the layer's output layout `model`, moved there from the
+    layout the user said (`layout`, None for the model's own)."""
     theirs = np.asarray(theirs)
-    if layout != "channels_first" and ours.ndim >= 3 and ours.ndim == theirs.ndim:
-        if _close(to_channels_last(ours), theirs, tolerance):
+    said = layout or model
+    other = other_layout(said)
+    if ours.ndim >= 3 and ours.ndim == theirs.ndim:
+        given = transposed(ours, model, said)
+        if _close(transposed(given, other, model), theirs, tolerance):
+            move = "np.moveaxis(x, 1, -1)" if other == "channels_first" else "np.moveaxis(x, -1, 1)"
             return (
-                "matches after moving the channel axis: your array is channels-first "
-                "(N, C, ...) while this layer is channels-last; compare with "
-                "--against-layout channels_first, or transpose with np.moveaxis(x, 1, -1)"
+                f"matches after moving the channel axis: your array is {other} "
+                f"{LAYOUT_SHAPES[other]} while it was compared as {said}; compare with "
+                f"--against-layout {other}, or transpose with {move}"
             )
     if class_name == "Flatten" and alternatives is not None:
         channel_major = alternatives(call).get("flatten channel-major")
@@ -110,20 +133,56 @@ def explain(call, class_name, ours, theirs, tolerance, layout, alternatives) -> 
         return None
     for label, value in alternatives(call).items():
         if label != "flatten channel-major" and _close(ours, value, tolerance):
-            return HINTS[label]
+            return HINTS[label].format(**_kernel_words(ours.ndim))
     return None
 
+
+def _kernel_words(rank: int) -> dict[str, str]:
+    """How a kernel of this rank (a ConvND output has the same rank) reads in Keras'
+    (*spatial, in, out) and PyTorch's (out, in, *spatial) orders, and the transposes."""
+    spatial = ("d", "h", "w")[max(0, 5 - rank) :]
+    return {
+        "keras": "(" + ", ".join([*spatial, "in", "out"]) + ")",
+        "torch": "(" + ", ".join(["out", "in", *spatial]) + ")",
+        "to_keras": str((*range(2, rank), 1, 0)),
+        "to_torch": str((rank - 1, rank - 2, *range(rank - 2))),
+    }
+
+
+LAYOUT_SHAPES = {"channels_first": "(N, C, ...)", "channels_last": "(N, ..., C)"}
 
 HINTS = {
     "kernel flipped": (
         "matches only with the kernel flipped: Keras computes a cross-correlation "
         "(no kernel flip), not a mathematical convolution"
     ),
+    "kernel reshaped from torch": (
+        "your kernel looks like an {torch} array reshaped to {keras}; transpose it with "
+        ".transpose{to_keras} instead"
+    ),
+    "kernel reshaped to torch": (
+        "your kernel looks like Keras' {keras} kernel reshaped to {torch}; transpose it "
+        "with .transpose{to_torch} instead"
+    ),
+    "valid padding": (
+        "matches padding='valid' (no zero border: each spatial size n becomes "
+        "(n - k) // s + 1), but this layer has padding='same': pad the input with zeros so "
+        "the output size is ceil(n / s) (total pad max((ceil(n/s) - 1)*s + k - n, 0), the "
+        "extra one at the end)"
+    ),
+    "same padding": (
+        "matches padding='same' (a zero border keeping each size at ceil(n / s)), but this "
+        "layer has padding='valid': slide the window over the input without padding, each "
+        "size n becomes (n - k) // s + 1"
+    ),
     "no bias": "matches only without the bias: add the layer's bias (one per output channel)",
     "no activation": (
         "matches the layer's values before its activation: apply the layer's activation"
     ),
 }
+
+
+PADDINGS = ("valid", "same")
 
 
 def engine_alternatives(graph, values: dict, masks: dict) -> Callable[[CallSpec], dict]:
@@ -138,25 +197,42 @@ def engine_alternatives(graph, values: dict, masks: dict) -> Callable[[CallSpec]
                 channel_major = np.moveaxis(source, -1, 1)
                 found["flatten channel-major"] = channel_major.reshape(source.shape[0], -1)
             return found
-        original_w = dict(layer.w)
-        original_activation = getattr(layer, "activation", None)
-        try:
-            if "kernel" in layer.w and layer.w["kernel"].ndim >= 3:
-                spatial = tuple(range(layer.w["kernel"].ndim - 2))
-                layer.w["kernel"] = np.flip(original_w["kernel"], axis=spatial)
-                found["kernel flipped"] = graph.run_call(call, values, masks)[0]
-                layer.w["kernel"] = original_w["kernel"]
-            if "bias" in layer.w:
-                layer.w["bias"] = np.zeros_like(original_w["bias"])
-                found["no bias"] = graph.run_call(call, values, masks)[0]
-                layer.w["bias"] = original_w["bias"]
-            if callable(original_activation) and original_activation.__name__ != "linear":
-                layer.activation = lambda x: x
-                found["no activation"] = graph.run_call(call, values, masks)[0]
-        finally:
-            layer.w.update(original_w)
-            if original_activation is not None:
-                layer.activation = original_activation
+
+        def variant(label, weights=None, **attributes):
+            """The call recomputed with some weights and attributes swapped in."""
+            saved_w, saved = dict(layer.w), {name: getattr(layer, name) for name in attributes}
+            try:
+                layer.w.update(weights or {})
+                for name, value in attributes.items():
+                    setattr(layer, name, value)
+                found[label] = graph.run_call(call, values, masks)[0]
+            except KerascheckError:
+                pass  # e.g. valid padding on an input smaller than the kernel
+            finally:
+                layer.w.update(saved_w)
+                for name, value in saved.items():
+                    setattr(layer, name, value)
+
+        kernel = layer.w.get("kernel")
+        if kernel is not None and kernel.ndim >= 3:
+            n = kernel.ndim
+            variant("kernel flipped", {"kernel": np.flip(kernel, axis=tuple(range(n - 2)))})
+            torch = kernel.transpose(n - 1, n - 2, *range(n - 2))  # (out, in, *spatial)
+            variant("kernel reshaped from torch", {"kernel": torch.reshape(kernel.shape)})
+            from_torch = (*range(2, n), 1, 0)
+            variant(
+                "kernel reshaped to torch",
+                {"kernel": kernel.reshape(torch.shape).transpose(from_torch)},
+            )
+        if "bias" in layer.w:
+            variant("no bias", {"bias": np.zeros_like(layer.w["bias"])})
+        activation = getattr(layer, "activation", None)
+        if callable(activation) and activation.__name__ != "linear":
+            variant("no activation", activation=lambda x: x)
+        padding = getattr(layer, "padding", None)
+        if padding in PADDINGS:
+            other = PADDINGS[1 - PADDINGS.index(padding)]
+            variant(f"{other} padding", padding=other)
         return found
 
     return compute

@@ -31,6 +31,35 @@ def _console() -> Console:
     return Console(width=max(140, Console().width), highlight=False)
 
 
+def _print_table(render, only_failures: bool, all_rows: bool) -> None:
+    """Print `render(width, height, only_failures)`: fitted to a terminal's width and
+    height; a file or pipe gets the full layout (140 columns or more) and every row."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = _console()
+    height = console.height if console.is_terminal else None
+    console.print(render(console.width, height, _rows_choice(only_failures, all_rows)))
+
+
+def _rows_choice(only_failures: bool, all_rows: bool) -> bool | None:
+    if only_failures and all_rows:
+        raise KerascheckError("--only-failures and --all-rows contradict; expected one of them")
+    return True if only_failures else False if all_rows else None
+
+
+def rows_options(command):
+    """--only-failures/--all-rows: which rows a diff or audit table shows."""
+    command = click.option(
+        "--all-rows", is_flag=True, help="Show every row, however tall the table."
+    )(command)
+    return click.option(
+        "--only-failures",
+        is_flag=True,
+        help="Show only the rows that are not 'match' (and the first divergence); the "
+        "default in a terminal when something failed and the table is taller than it.",
+    )(command)
+
+
 def friendly_errors(command):
     """Turn every failure into one line on stderr and exit code 2."""
 
@@ -71,14 +100,15 @@ def friendly_errors(command):
     return wrapper
 
 
-def _load(model_path: str):
+def _load(model_path: str, values: bool = True):
+    """The engine model; `values=False` reads the weights' shapes only (see read_model)."""
     from .engine.model import EngineModel
     from .loading import read_model
 
-    return EngineModel(read_model(model_path))
+    return EngineModel(read_model(model_path, values=values))
 
 
-def _inputs(model, input_path, seed, batch, layout="channels_last"):
+def _inputs(model, input_path, seed, batch, layout=None):
     from .inputs import random_inputs, read_inputs
 
     if input_path:
@@ -90,10 +120,10 @@ def input_options(command):
     command = click.option(
         "--input-layout",
         type=click.Choice(["channels_last", "channels_first"]),
-        default="channels_last",
-        show_default=True,
-        help="channels_first: INPUT arrays are (N, C, ...) and are moved to the model's "
-        "channels-last layout.",
+        default=None,
+        help="The layout INPUT arrays are in: channels_first (N, C, ...) or channels_last "
+        "(N, ..., C); they are transposed to the layout the model reads [default: the "
+        "model's own].",
     )(command)
     command = click.option(
         "--seed",
@@ -291,26 +321,6 @@ def _write(path: str | None, text: str) -> None:
             handle.write(text)
 
 
-def _progress():
-    """A progress bar on stderr for runs of several batches; silent otherwise."""
-    from rich.progress import Progress
-
-    progress = Progress(console=Console(stderr=True), transient=True)
-    state = {}
-
-    def update(done: int, total: int) -> None:
-        if total < 2:
-            return
-        if "task" not in state:
-            progress.start()
-            state["task"] = progress.add_task("batches", total=total)
-        progress.update(state["task"], completed=done)
-        if done >= total:
-            progress.stop()
-
-    return update
-
-
 @main.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("input_path", metavar="[INPUT]", required=False)
@@ -347,9 +357,9 @@ def _progress():
 @click.option(
     "--against-layout",
     type=click.Choice(["channels_last", "channels_first"]),
-    default="channels_last",
-    show_default=True,
-    help="Layout of the --against arrays; channels_first ones are transposed.",
+    default=None,
+    help="The layout the --against arrays are in; each is transposed to its layer's "
+    "output layout [default: the model's own].",
 )
 @click.option(
     "--reference",
@@ -358,8 +368,16 @@ def _progress():
     show_default=True,
     help="What --against arrays are compared with.",
 )
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="INPUT as an option; the inputs of `diff A B` (two model files).",
+)
 @ORACLE_OPTION
 @input_options
+@rows_options
 @friendly_errors
 def diff(
     model_path,
@@ -378,26 +396,58 @@ def diff(
     against_path,
     against_layout,
     reference,
+    input_file,
     oracle,
     seed,
     batch,
     batch_size,
     input_layout,
+    only_failures,
+    all_rows,
 ):
     """Run Keras and the NumPy engine on the same inputs and compare them.
+
+    With a model file in place of INPUT (`diff A.keras B.h5`), compare two files of
+    one architecture instead: both run in the engine on the same inputs (--input, or
+    seeded random ones), layer by layer with calls matched by name, plus every shared
+    weight and the layers only in one file.
 
     Exit code 0 when every compared output agrees within tolerance, 1 when one
     diverges, 2 when the check could not run.
     """
     from .settings import tolerance_policy
 
+    _rows_choice(only_failures, all_rows)
     policy = tolerance_policy(atol, rtol, layer_tol, config_path)
-    model = _load(model_path)
-    inputs = _inputs(model, input_path, seed, batch, input_layout)
+    from .diff_models import is_model_file
+
+    if input_path and is_model_file(input_path):
+        unused = {"--against": against_path, "--save-outputs": save_outputs, "--plot": plot_path}
+        unused["--dtype"] = dtype != "float32"
+        given = [flag for flag, value in unused.items() if value]
+        if given:
+            raise KerascheckError(
+                f"diff A B compares two model files in the engine; expected none of "
+                f"{', '.join(given)} with it"
+            )
+        _diff_models(
+            model_path, input_path, input_file, policy, (seed, batch, batch_size, input_layout),
+            (json_path, junit_path, markdown_path), (only_failures, all_rows),
+        )  # fmt: skip
+    if input_path and input_file:
+        raise KerascheckError(f"expected INPUT or --input, found both ({input_path}, {input_file})")
+    input_path = input_path or input_file
+    from .progress import Phases
+
+    phases = Phases()
+    with phases.timed("read", "reading the model and its input"):
+        model = _load(model_path)
+        inputs = _inputs(model, input_path, seed, batch, input_layout)
     if against_path:
         result = _against(
-            model_path, model, inputs, against_path, against_layout, reference, oracle, policy
-        )
+            model_path, model, inputs, against_path, against_layout, reference, oracle, policy,
+            phases,
+        )  # fmt: skip
     else:
         from .diff import diff_model
 
@@ -410,14 +460,36 @@ def diff(
             oracle=oracle,
             batch_size=batch_size,
             float64=dtype == "float64",
-            progress=_progress(),
+            progress=phases.batches(),
             collect=save_outputs is not None,
+            phases=phases,
         )
+    result.timings, result.wall_seconds = phases.seconds, phases.wall()
     _write_reports(result, json_path, junit_path, markdown_path, save_outputs, plot_path)
     from .report.tables import diff_table
 
-    _console().print(diff_table(result))
+    result.input_path = input_path
+    _print_table(functools.partial(diff_table, result), only_failures, all_rows)
     sys.exit(EXIT_MATCH if result.status == "match" else EXIT_MISMATCH)
+
+
+def _diff_models(path_a, path_b, input_path, policy, input_settings, reports, rows):
+    """`diff A B`: two model files, both in the engine; exits."""
+    from .diff_models import diff_models, load_pair, models_report, models_view
+    from .report.json_report import dumps
+    from .report.junit import junit_xml
+    from .report.markdown import diff_markdown
+
+    seed, batch, batch_size, layout = input_settings
+    a, b = load_pair(path_a, path_b)
+    inputs = _inputs(a, input_path, seed, batch, layout)
+    found = diff_models(path_a, a, path_b, b, inputs, policy, batch_size)
+    json_path, junit_path, markdown_path = reports
+    _write(json_path, dumps(models_report(found)) + "\n")
+    _write(junit_path, junit_xml([found.result]))
+    _write(markdown_path, diff_markdown(found.result))
+    _print_table(functools.partial(models_view, found), *rows)
+    sys.exit(EXIT_MATCH if found.status == "match" else EXIT_MISMATCH)
 
 
 def _write_reports(result, json_path, junit_path, markdown_path, save_outputs, plot_path):
@@ -438,35 +510,44 @@ def _write_reports(result, json_path, junit_path, markdown_path, save_outputs, p
         error_plot(result, plot_path)
 
 
-def _against(model_path, model, inputs, against_path, layout, reference, oracle, policy):
+def _against(model_path, model, inputs, against_path, layout, reference, oracle, policy, phases):
     """`diff --against`: the user's arrays vs Keras (or the engine), with hints."""
     from .against import compare_against, engine_alternatives
     from .diff import DiffResult
 
-    mine = _read_arrays(against_path)
+    with phases.timed("read", "reading your arrays"):
+        mine = _read_arrays(against_path)
     start = time.perf_counter()
-    ours, engine_calls = model.graph.run(inputs, keep=True)
+    with phases.timed("engine", "running the engine (for the hints)"):
+        ours, engine_calls = model.graph.run(inputs, keep=True)
+    engine_seconds = time.perf_counter() - start
     masks = model.graph.masks
+    keras_seconds = 0.0
     if reference == "numpy":
         per_call, name, version, why = engine_calls, "numpy", "engine", "--reference numpy"
     else:
         from .oracle import KerasRunner, choose_oracle
 
         flavor, why = choose_oracle(model.spec, oracle)
-        runner = KerasRunner(model_path, model.spec, flavor)
-        per_call = runner.run_batch(inputs, keep=True)[1]
-        name, version = flavor, runner.version
+        with phases.showing(f"starting TensorFlow and loading the model in {flavor}"):
+            runner = KerasRunner(model_path, model.spec, flavor)
+        phases.add("TensorFlow start-up", runner.import_seconds)
+        phases.add("Keras load", runner.load_seconds)
+        with phases.timed("Keras", f"running the model in {flavor}"):
+            per_call = runner.run_batch(inputs, keep=True)[1]
+        name, version, keras_seconds = flavor, runner.version, runner.seconds
     values = {(i.name, 0): a for i, a in zip(model.spec.inputs, inputs)}
     for call in model.spec.calls:
         values[(call.layer, call.index)] = per_call[call.name]
-    comparison = compare_against(
-        mine,
-        per_call,
-        model.spec,
-        policy,
-        layout,
-        engine_alternatives(model.graph, values, masks),
-    )
+    with phases.timed("compare", "comparing your arrays"):
+        comparison = compare_against(
+            mine,
+            per_call,
+            model.spec,
+            policy,
+            layout,
+            engine_alternatives(model.graph, values, masks),
+        )
     return DiffResult(
         model_path=model_path,
         keras_version=model.spec.keras_version,
@@ -475,8 +556,8 @@ def _against(model_path, model, inputs, against_path, layout, reference, oracle,
         oracle_version=version,
         comparison=comparison,
         layer_wise=True,
-        engine_seconds=0.0,
-        keras_seconds=time.perf_counter() - start,
+        engine_seconds=engine_seconds,
+        keras_seconds=keras_seconds,
         graph_check=0.0,
         batch=int(inputs[0].shape[0]),
         subject=f"your arrays ({against_path})",
@@ -582,9 +663,9 @@ def _read_arrays(path: str) -> dict:
 @click.option(
     "--input-layout",
     type=click.Choice(["channels_last", "channels_first"]),
-    default="channels_last",
-    show_default=True,
-    help="channels_first: INPUT arrays are (N, C, ...).",
+    default=None,
+    help="The layout INPUT arrays are in: channels_first (N, C, ...) or channels_last "
+    "[default: the model's own].",
 )
 @friendly_errors
 def grad(
@@ -617,18 +698,21 @@ def grad(
     """
     from .grad import grad_model
     from .inputs import read_inputs
+    from .progress import Phases
     from .report import grad_report
     from .targets import read_sample_weight, read_targets
 
-    model = _load(model_path)
-    inputs = read_inputs(input_path, model.spec, layout=input_layout)
-    inputs = [np.asarray(a) for a in inputs]
-    targets = read_targets(target_path, model.spec)
-    sample_weight = (
-        read_sample_weight(sample_weight_path, int(inputs[0].shape[0]))
-        if sample_weight_path
-        else None
-    )
+    phases = Phases()
+    with phases.showing("reading the model, its input and target"):
+        model = _load(model_path)
+        inputs = read_inputs(input_path, model.spec, layout=input_layout)
+        inputs = [np.asarray(a) for a in inputs]
+        targets = read_targets(target_path, model.spec)
+        sample_weight = (
+            read_sample_weight(sample_weight_path, int(inputs[0].shape[0]))
+            if sample_weight_path
+            else None
+        )
     if save_grads and not save_grads.endswith(".npz"):
         raise KerascheckError(f"{save_grads}: expected an .npz path for --save-grads")
     loss_option = _loss_option(model, loss, from_logits)
@@ -644,26 +728,33 @@ def grad(
         )
     against = _read_arrays(against_path) if against_path else None
     results = []
-    for start in range(0, total, step):
+    starts = range(0, total, step)
+    progress = phases.batches()
+    for number, start in enumerate(starts):
         chunk = slice(start, start + step)
-        results.append(
-            grad_model(
-                model_path,
-                model,
-                [a[chunk] for a in inputs],
-                [t[chunk] for t in targets],
-                loss_option=loss_option,
-                sample_weight=None if sample_weight is None else sample_weight[chunk],
-                mode=mode,
-                oracle=oracle,
-                tolerance=tolerance,
-                save=save_grads is not None,
-                against=against,
-                against_layout=against_layout,
-                reference=reference,
-                float64=dtype == "float64",
-            )
+        label = "gradients in the engine and in Keras" + (
+            " (TensorFlow starts first)" if not number else ""
         )
+        with phases.showing(label):
+            results.append(
+                grad_model(
+                    model_path,
+                    model,
+                    [a[chunk] for a in inputs],
+                    [t[chunk] for t in targets],
+                    loss_option=loss_option,
+                    sample_weight=None if sample_weight is None else sample_weight[chunk],
+                    mode=mode,
+                    oracle=oracle,
+                    tolerance=tolerance,
+                    save=save_grads is not None,
+                    against=against,
+                    against_layout=against_layout,
+                    reference=reference,
+                    float64=dtype == "float64",
+                )
+            )
+        progress(number + 1, len(starts))
     from .grad import merge_results
 
     result = merge_results(results)
@@ -829,24 +920,29 @@ def train_step(
     }
     if save_weights and not save_weights.endswith(".npz"):
         raise KerascheckError(f"{save_weights}: expected an .npz path for --save-weights")
-    result = train_step_model(
-        model_path,
-        model,
-        inputs,
-        targets,
-        loss_option=loss,
-        sample_weight=weights,
-        optimizer_name=optimizer_name,
-        overrides={k: v for k, v in flags.items() if v is not None},
-        fresh=fresh_optimizer,
-        steps=steps,
-        batch_size=batch_size,
-        oracle=oracle,
-        tolerance=GradTolerance(rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol),
-        save=save_weights is not None,
-        against=_read_arrays(against_path) if against_path else None,
-        reference=reference,
-    )
+    from .progress import Phases
+
+    with Phases().showing(
+        f"{steps} training step(s) in the engine and in Keras (TensorFlow starts first)"
+    ):
+        result = train_step_model(
+            model_path,
+            model,
+            inputs,
+            targets,
+            loss_option=loss,
+            sample_weight=weights,
+            optimizer_name=optimizer_name,
+            overrides={k: v for k, v in flags.items() if v is not None},
+            fresh=fresh_optimizer,
+            steps=steps,
+            batch_size=batch_size,
+            oracle=oracle,
+            tolerance=GradTolerance(rtol=DEFAULT_GRAD_RTOL if rtol is None else rtol),
+            save=save_weights is not None,
+            against=_read_arrays(against_path) if against_path else None,
+            reference=reference,
+        )
     _write(json_path, dumps(train_step_json(result)) + "\n")
     _write(junit_path, train_step_junit(result))
     _write(markdown_path, train_step_markdown(result))
@@ -897,6 +993,7 @@ def train_step(
     help="Run the checks on this Dask distributed scheduler (tcp://host:8786) instead of "
     "local processes; needs pip install 'kerascheck[distributed]'.",
 )
+@rows_options
 @friendly_errors
 def audit(
     paths,
@@ -914,6 +1011,8 @@ def audit(
     jobs,
     timeout,
     scheduler,
+    only_failures,
+    all_rows,
 ):
     """Check many models (files or directories) layer by layer in one run.
 
@@ -942,6 +1041,7 @@ def audit(
     from .report.tables import audit_table
     from .settings import tolerance_policy
 
+    _rows_choice(only_failures, all_rows)
     policy = tolerance_policy(atol, rtol, layer_tol, config_path)
     total = len(find_models(list(paths)))
     settings = AuditSettings(policy, seed, batch, oracle, batch_size, oracle_module.VERBOSE)
@@ -981,7 +1081,7 @@ def audit(
     _write(json_path, dumps(audit_report(outcome)) + "\n")
     _write(junit_path, junit_xml(outcome.results, outcome.errors))
     _write(markdown_path, audit_markdown(outcome))
-    _console().print(audit_table(outcome))
+    _print_table(functools.partial(audit_table, outcome), only_failures, all_rows)
     sys.exit(outcome.exit_code)
 
 
@@ -1068,9 +1168,31 @@ def explain(
 
 @main.command()
 @click.argument("model_path", metavar="MODEL")
+@click.option(
+    "--explain",
+    "explain_shapes",
+    is_flag=True,
+    help="Walk the shape arithmetic layer by layer (why 7·7·4 = 196 reaches Dense).",
+)
 @friendly_errors
-def summary(model_path):
-    """The architecture as the engine sees it (no TensorFlow needed)."""
-    from .report.tables import summary_table
+def summary(model_path, explain_shapes):
+    """The architecture as the engine sees it: output shapes, each layer's window
+    (kernel or pool size, strides, padding, dilation), weight shapes and parameter
+    arithmetic. Reads the weights' shapes only, never their values (no TensorFlow)."""
+    from .report.summary import shape_walk_view, summary_table
 
-    _console().print(summary_table(_load(model_path)))
+    model = _load(model_path, values=False)
+    console = Console(highlight=False)
+    if console.is_terminal:
+        view = summary_table(model, console.width)
+    else:  # files and pipes get every column, as wide as the names need
+        from rich.measure import Measurement
+
+        console = _console()
+        view = summary_table(model)
+        unbounded = console.options.update(max_width=100_000)
+        needed = Measurement.get(console, unbounded, view).maximum
+        console = Console(width=max(console.width, needed), highlight=False)
+    console.print(view)
+    if explain_shapes:
+        console.print(shape_walk_view(model))

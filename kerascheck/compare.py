@@ -69,6 +69,7 @@ class LayerDiff:
     tolerance: dict | None = None
     own: dict | None = None  # the layer's own error: fed Keras' inputs
     float64: dict | None = None  # errors of both sides against a float64 engine run
+    inherits: str | None = None  # drift after the first divergence: the call it comes from
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None or k == "reason"}
@@ -78,10 +79,57 @@ class LayerDiff:
 class Comparison:
     layers: list[LayerDiff] = field(default_factory=list)
     tolerance: Tolerance = field(default_factory=Tolerance)
+    # The model outputs judged as `diff` without --layer-wise judges them (carried
+    # error, the output's tolerance): part of every verdict, so a layer-by-layer run
+    # never passes what an outputs-only run fails. Outputs only, these are `layers`.
+    end_to_end: list[LayerDiff] = field(default_factory=list)
 
     @property
     def status(self) -> str:
-        return "mismatch" if any(r.status == "mismatch" for r in self.layers) else "match"
+        rows = self.layers + self.end_to_end
+        return "mismatch" if any(r.status == "mismatch" for r in rows) else "match"
+
+    @property
+    def reason(self) -> str | None:
+        """Why the run fails when no layer diverges on its own: its outputs do."""
+        if any(r.status == "mismatch" for r in self.layers):
+            return None
+        bad = [r for r in self.end_to_end if r.status == "mismatch"]
+        if not bad:
+            return None
+        worst = max(bad, key=lambda r: r.max_rel_diff or 0.0)
+        tol = worst.tolerance or asdict(self.tolerance)
+        detail = (
+            f"differs from Keras by {worst.max_rel_diff:.2e} relative, over "
+            f"atol={tol['atol']:g} + rtol={tol['rtol']:g} x max|keras|"
+            if worst.max_rel_diff is not None
+            else worst.reason or "differs from Keras"
+        )
+        return (
+            f"end-to-end output error: output '{worst.name}' {detail} (what diff without "
+            "--layer-wise judges), although every layer's own error is within its tolerance"
+        )
+
+    @property
+    def above_rounding(self) -> list[LayerDiff]:
+        """Layers whose own error is more than rounding explains (`own.rounding_level`):
+        drift can then not be called rounding, only within the tolerances in force."""
+        return [
+            r
+            for r in self.layers
+            if r.own is not None
+            and (r.own.get("max_rel_diff") or 0.0) > r.own.get("rounding_level", float("inf"))
+        ]
+
+    def mark_inherited(self) -> None:
+        """Rows after the first divergence that only drift inherit it: say so."""
+        first = self.first_divergence
+        names = [r.name for r in self.layers]
+        if first is None or first not in names:
+            return
+        for row in self.layers[names.index(first) + 1 :]:
+            if row.status == "drift":
+                row.inherits = first
 
     @property
     def first_divergence(self) -> str | None:

@@ -9,10 +9,13 @@ For every layer call two errors are measured:
 
 A wrong layer makes every later layer's carried error large; its own error
 points at it alone, so `first_divergence` is the first call whose own error is
-out of tolerance. With `float64=True` the engine also runs each layer in
-float64 on Keras' inputs as ground truth, and both float32 sides (Keras' output
-and the engine's own output) are measured against it; for outputs only, the
-whole float64 run is the ground truth.
+out of tolerance. Every verdict also holds the model outputs' end-to-end error,
+judged at the tolerance an outputs-only diff uses (`Comparison.end_to_end`), so a
+layer-by-layer run never passes what an outputs-only run fails.
+
+With `float64=True` the engine also runs each layer in float64 on Keras' inputs as
+ground truth, and both float32 sides (Keras' output and the engine's own output)
+are measured against it; for outputs only, the whole float64 run is the ground truth.
 
 Inputs are processed in batches; statistics accumulate, so the numbers equal a
 one-batch run. Layer by layer, a batch is also capped so that both sides' per-call
@@ -29,12 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compare import CallStats, Comparison, Tolerance, TolerancePolicy
+from .compare import CallStats, Comparison, LayerDiff, Tolerance, TolerancePolicy
 from .engine.layers.recurrent import check_stateful_run, stateful_batch
 from .engine.model import EngineModel
 from .errors import KerascheckError
 from .loading.spec import ModelSpec
 from .oracle import GRAPH_CHECK_LIMIT, KerasRunner, choose_oracle  # noqa: F401  (re-exported)
+from .progress import Phases
 
 
 @dataclass
@@ -55,6 +59,20 @@ class DiffResult:
     outputs: dict | None = None  # with collect=True: "keras/<call>", "numpy/<call>" arrays
     subject: str = "engine"  # what was compared with Keras
     stateful: list[str] = field(default_factory=list)  # stateful RNNs, reset before the run
+    input_path: str | None = None  # the INPUT file, if any (for the commands the verdict suggests)
+    # wall seconds per phase of the run (progress.Phases), and the run's wall time
+    timings: dict = field(default_factory=dict)
+    wall_seconds: float | None = None
+    reference_label: str | None = None  # what the subject is compared with (default: oracle)
+
+    @property
+    def subject_label(self) -> str:
+        """The compared side in one word: the engine, the user's arrays, or model A."""
+        return "yours" if self.subject.startswith("your arrays") else self.subject
+
+    @property
+    def reference(self) -> str:
+        return self.reference_label or self.oracle
 
     @property
     def status(self) -> str:
@@ -72,23 +90,31 @@ def diff_model(
     float64: bool = False,
     progress: Callable[[int, int], None] | None = None,
     collect: bool = False,
+    phases: Phases | None = None,
 ) -> DiffResult:
     policy = (
         tolerance
         if isinstance(tolerance, TolerancePolicy)
         else TolerancePolicy(tolerance or Tolerance())
     )
+    phases = phases or Phases(show=False)
     spec = model.spec
     total = int(inputs[0].shape[0])
     step = batch_size or total or 1
     if layer_wise and stateful_batch(spec) is None:  # a stateful run is one batch
-        step = min(step, fitting_batch(model, inputs, float64, collect))
+        with phases.timed("sizing batches"):
+            step = min(step, fitting_batch(model, inputs, float64, collect))
     stateful = check_stateful_run(spec, total, step)
     flavor, why = choose_oracle(spec, oracle)
-    runner = KerasRunner(path, spec, flavor)
+    with phases.showing(f"starting TensorFlow and loading the model in {flavor}"):
+        runner = KerasRunner(path, spec, flavor)
+    phases.add("TensorFlow start-up", runner.import_seconds)
+    phases.add("Keras load", runner.load_seconds)
     reference = EngineModel(spec, dtype="float64") if float64 else None
     rows = _rows(spec, layer_wise)
+    outputs = _output_rows(spec)
     carried = {name: CallStats() for name, _ in rows}
+    ends = {name: CallStats() for name, _ in outputs} if layer_wise else None
     own = {name: CallStats() for name, _ in rows} if layer_wise else None
     truth = {name: (CallStats(), CallStats()) for name, _ in rows} if float64 else None
     starts = list(range(0, max(total, 1), step))
@@ -97,13 +123,21 @@ def diff_model(
     for number, offset in enumerate(starts):
         batch = [np.asarray(a[offset : offset + step]) for a in inputs]
         start = time.perf_counter()
-        ours, ours_masks = _engine_batch(model, batch, layer_wise)
+        ours, ours_outputs, ours_masks = _engine_batch(model, batch, layer_wise)
         engine_seconds += time.perf_counter() - start
+        phases.add("engine", time.perf_counter() - start)
+        start = time.perf_counter()
         keras_outputs, keras_calls, check = runner.run_batch(batch, keep=layer_wise)
+        phases.add("Keras", time.perf_counter() - start)
+        start = time.perf_counter()
         graph_check = max(graph_check, check)
         theirs = keras_calls if layer_wise else dict(zip(_output_names(spec), keras_outputs))
         for name, _ in rows:
             carried[name].update(ours[name], theirs[name], offset)
+        if ends is not None:
+            for (name, _), value in zip(outputs, keras_outputs):
+                ends[name].update(ours_outputs[name], value, offset)
+        del ours_outputs
         if collect:
             for name, _ in rows:
                 collected.setdefault(f"numpy/{name}", []).append(ours[name])
@@ -123,31 +157,20 @@ def diff_model(
                     truth[name][0].update(theirs[name], exact_value, offset)
                     truth[name][1].update(value, exact_value, offset)
         elif truth is not None:
-            exact, _ = _engine_batch(reference, batch, layer_wise)
+            exact = _engine_batch(reference, batch, layer_wise)[0]
             for name, _ in rows:
                 truth[name][0].update(theirs[name], exact[name], offset)
                 truth[name][1].update(ours[name], exact[name], offset)
         del theirs, keras_calls, keras_outputs
+        phases.add("own errors" if own is not None else "compare", time.perf_counter() - start)
         if progress is not None:
             progress(number + 1, len(starts))
     comparison = Comparison(tolerance=policy.default)
     for name, class_name in rows:
-        tol = _low_precision(policy, spec, name, policy.for_layer(name, class_name))
-        row = carried[name].finish(name, class_name, tol)
-        if tol != policy.default:
-            row.tolerance = {"atol": tol.atol, "rtol": tol.rtol}
-            low = _compute_dtype_of(spec, name)
-            if low is not None and tol.rtol == LOW_PRECISION_RTOL[low]:
-                row.tolerance["why"] = f"computes in {low}: mixed precision"
+        row, tol = _finish(carried[name], policy, spec, name, class_name, not layer_wise)
         if own is not None:
             mine = own[name].finish(name, class_name, tol)
-            row.own = {
-                "status": mine.status,
-                "max_abs_diff": mine.max_abs_diff,
-                "max_rel_diff": mine.max_rel_diff,
-                "worst_index": mine.worst_index,
-                "reason": mine.reason,
-            }
+            row.own = own_error(mine, _compute_dtype_of(spec, name) or "float32")
             _judge_by_own_error(row, mine)
         if truth is not None:
             keras_err, engine_err = (s.finish(name, class_name, tol) for s in truth[name])
@@ -156,6 +179,12 @@ def diff_model(
                 "engine_max_rel_diff": engine_err.max_rel_diff,
             }
         comparison.layers.append(row)
+    comparison.end_to_end = (
+        [_finish(ends[n], policy, spec, n, c, whole_model=True)[0] for n, c in outputs]
+        if ends is not None
+        else list(comparison.layers)
+    )
+    comparison.mark_inherited()
     return DiffResult(
         model_path=path,
         keras_version=spec.keras_version,
@@ -172,14 +201,23 @@ def diff_model(
         float64=float64,
         outputs=_flatten_outputs(collected) if collect else None,
         stateful=stateful,
+        timings=phases.seconds,
     )
 
 
 # A layer whose dtype policy computes in float16 or bfloat16 (mixed precision) rounds
 # its inputs, weights and output to that precision in Keras; the engine computes in
 # float32, so the layer is judged at its compute precision: 2^-11 and 2^-8 per
-# rounding, with room for about twenty of them.
+# rounding, with room for about twenty of them. A model output (its end-to-end error)
+# is judged at the lowest precision any layer of the model computes in.
 LOW_PRECISION_RTOL = {"float16": 1e-2, "bfloat16": 8e-2}
+# The own error (relative to the layer's largest output) that rounding alone explains,
+# by compute precision. float32 arithmetic in another order differs by 1e-7 to 1e-6, so
+# 1e-5 leaves a 10x margin; at float16/bfloat16 it is that precision's tolerance above.
+# Drift (carried error out of tolerance, own errors within) is called float32 rounding
+# only when every own error is at this level; otherwise it is only "within the
+# tolerances in force".
+ROUNDING_REL = {"float32": 1e-5, **LOW_PRECISION_RTOL}
 
 
 def compute_dtype(config: dict) -> str | None:
@@ -200,12 +238,29 @@ def _compute_dtype_of(spec: ModelSpec, name: str) -> str | None:
     return compute_dtype(layer.config) if layer is not None else None
 
 
-def _low_precision(policy: TolerancePolicy, spec: ModelSpec, name: str, tol: Tolerance):
-    """The tolerance of a mixed-precision layer's row, unless the user set its own."""
-    low = _compute_dtype_of(spec, name)
-    if low is None or tol != policy.default:
-        return tol
-    return Tolerance(atol=tol.atol, rtol=max(tol.rtol, LOW_PRECISION_RTOL[low]))
+def _model_low_precision(spec: ModelSpec) -> str | None:
+    """The lowest precision any layer of the model computes in, if below float32."""
+    lows = {compute_dtype(layer.config) for layer in spec.layers.values()}
+    return next((low for low in ("bfloat16", "float16") if low in lows), None)
+
+
+def _finish(stats: CallStats, policy, spec, name: str, class_name: str, whole_model: bool):
+    """(row, its tolerance): the user's for that layer, else the default raised to the
+    precision the layer computes in (`whole_model`: for a model output, the lowest
+    precision upstream, since its carried error holds every rounding)."""
+    tol = policy.for_layer(name, class_name)
+    low = None
+    if tol == policy.default:
+        low = _model_low_precision(spec) if whole_model else _compute_dtype_of(spec, name)
+    if low is not None:
+        tol = Tolerance(atol=tol.atol, rtol=max(tol.rtol, LOW_PRECISION_RTOL[low]))
+    row = stats.finish(name, class_name, tol)
+    if tol != policy.default:
+        row.tolerance = {"atol": tol.atol, "rtol": tol.rtol}
+        if low is not None and tol.rtol == LOW_PRECISION_RTOL[low]:
+            where = "computes" if _compute_dtype_of(spec, name) == low else "the model computes"
+            row.tolerance["why"] = f"{where} in {low}: mixed precision"
+    return row, tol
 
 
 def _flatten_outputs(collected: dict[str, list]) -> dict[str, np.ndarray]:
@@ -220,14 +275,28 @@ def _flatten_outputs(collected: dict[str, list]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def own_error(mine: LayerDiff, compute_dtype: str = "float32") -> dict:
+    """A row's `own` entry: the call's error fed the reference's inputs, and the level
+    rounding at its compute precision explains."""
+    return {
+        "status": mine.status,
+        "max_abs_diff": mine.max_abs_diff,
+        "max_rel_diff": mine.max_rel_diff,
+        "worst_index": mine.worst_index,
+        "reason": mine.reason,
+        "rounding_level": ROUNDING_REL[compute_dtype],
+    }
+
+
 def _judge_by_own_error(row, mine) -> None:
     """Layer by layer, a layer diverges when its *own* error is out of tolerance.
 
     A carried error out of tolerance with an own error within it is "drift": the
-    network amplifies float32 rounding differences (deep, randomly initialised
-    networks do so strongly), every layer still computes what Keras computes. It is
-    shown, not failed; comparing only the model outputs (no --layer-wise) judges
-    the end-to-end agreement instead.
+    network amplifies small differences (float32 rounding when the own errors are at
+    `ROUNDING_REL`; deep, randomly initialised networks do so strongly), every layer
+    still computes what Keras computes. A drifting row does not fail by itself; the
+    model outputs' end-to-end error (`Comparison.end_to_end`) is judged as `diff`
+    without --layer-wise judges it, and fails the run when out of tolerance.
     """
     if mine.status == "mismatch":
         row.status = "mismatch"
@@ -239,16 +308,25 @@ def _judge_by_own_error(row, mine) -> None:
 def _rows(spec: ModelSpec, layer_wise: bool) -> list[tuple[str, str]]:
     if layer_wise:
         return [(call.name, spec.layers[call.layer].class_name) for call in spec.calls]
-    return [(name, "output") for name in _output_names(spec)]
+    return _output_rows(spec)
+
+
+def _output_rows(spec: ModelSpec) -> list[tuple[str, str]]:
+    """(output name, class name of the layer that computes it), in output order."""
+    return [
+        (name, getattr(spec.layers.get(ref.layer), "class_name", "InputLayer"))
+        for name, ref in zip(_output_names(spec), spec.outputs)
+    ]
 
 
 def _engine_batch(model: EngineModel, batch: list[np.ndarray], layer_wise: bool):
-    """({row name: output}, masks) of one engine batch."""
+    """({row name: output}, {model output name: output}, masks) of one engine batch."""
     arrays = [np.asarray(a, dtype=model.context.dtype) if a.dtype.kind == "f" else a for a in batch]
     outputs, per_call = model.graph.run(arrays, keep=layer_wise)
+    named = dict(zip(_output_names(model.spec), outputs))
     if layer_wise:
-        return per_call, model.graph.masks
-    return dict(zip(_output_names(model.spec), outputs)), {}
+        return per_call, named, model.graph.masks
+    return named, named, {}
 
 
 def _own_outputs(model, spec, batch, keras_calls: dict, masks: dict):

@@ -28,7 +28,7 @@ def shape_text(shape) -> str:
     return "(" + ", ".join(["batch", *("?" if d is None else str(d) for d in shape)]) + ")"
 
 
-def _describe(spec: ModelSpec) -> str:
+def describe_inputs(spec: ModelSpec) -> str:
     return ", ".join(_describe_one(i) for i in spec.inputs)
 
 
@@ -36,19 +36,26 @@ def _describe_one(inp: InputSpec) -> str:
     return f"'{inp.name}' {shape_text(inp.shape)} {inp.dtype}"
 
 
+LAYOUTS = ("channels_last", "channels_first")
+
+
 def check_inputs(
-    spec: ModelSpec, x, dtype=np.float32, layout: str = "channels_last"
+    spec: ModelSpec, x, dtype=np.float32, layout: str | None = None
 ) -> list[np.ndarray]:
     """Return the inputs as a list of arrays in model-input order, or say what is wrong.
 
     Accepts one array (one-input models), a list/tuple in input order, or a dict
     keyed by input names. A single sample without its batch axis gets one.
-    `layout="channels_first"` moves axis 1 of inputs of rank 3+ last (NCHW -> NHWC).
+    `layout` is the layout the given arrays are in (`channels_first` (N, C, ...) or
+    `channels_last` (N, ..., C)); each input of rank 3+ is transposed to the layout
+    the model reads it in (`input_layout`), and left as given when `layout` is None.
     """
+    if layout not in (None, *LAYOUTS):
+        raise KerascheckError(f"expected a layout among {LAYOUTS}, found {layout!r}")
     arrays = _as_list(spec, x)
-    if layout == "channels_first":
-        arrays = [_channels_last(a) for a in arrays]
-    checked = [_check_one(inp, array, dtype) for inp, array in zip(spec.inputs, arrays)]
+    checked = [
+        _check_one(spec, inp, array, dtype, layout) for inp, array in zip(spec.inputs, arrays)
+    ]
     batches = [a.shape[0] for a in checked]
     if len(set(batches)) > 1:
         found = ", ".join(f"'{i.name}' {b}" for i, b in zip(spec.inputs, batches))
@@ -56,9 +63,29 @@ def check_inputs(
     return checked
 
 
-def _channels_last(value):
-    array = np.asarray(value)
-    return np.moveaxis(array, 1, -1) if array.ndim >= 3 else array
+def input_layout(spec: ModelSpec, name: str) -> str:
+    """The layout the model reads input `name` in: the `data_format` of the first layer
+    downstream of it that has one (channels-last when none has)."""
+    reached = {(name, 0)}
+    for call in spec.calls:
+        if not any((ref.layer, ref.call) in reached for ref in call.refs):
+            continue
+        reached.add((call.layer, call.index))
+        found = spec.layers[call.layer].config.get("data_format")
+        if found in LAYOUTS:
+            return found
+    return "channels_last"
+
+
+def transposed(array: np.ndarray, given: str, wanted: str) -> np.ndarray:
+    """A batched array of rank 3+ moved from layout `given` to layout `wanted`."""
+    if array.ndim < 3 or given == wanted:
+        return array
+    return np.moveaxis(array, 1, -1) if given == "channels_first" else np.moveaxis(array, -1, 1)
+
+
+def other_layout(layout: str) -> str:
+    return LAYOUTS[1 - LAYOUTS.index(layout)]
 
 
 def _as_list(spec: ModelSpec, x) -> list:
@@ -69,7 +96,7 @@ def _as_list(spec: ModelSpec, x) -> list:
         unknown = [str(k) for k in x if k not in names]
         if missing or unknown:
             raise KerascheckError(
-                f"expected inputs named {names} ({_describe(spec)}), found "
+                f"expected inputs named {names} ({describe_inputs(spec)}), found "
                 f"{sorted(str(k) for k in x)} (missing {missing}, unknown {unknown})"
             )
         return [x[n] for n in names]
@@ -79,7 +106,7 @@ def _as_list(spec: ModelSpec, x) -> list:
         arrays = [x]
     if len(arrays) != len(expected):
         raise KerascheckError(
-            f"expected {len(expected)} input(s) ({_describe(spec)}), found {len(arrays)}"
+            f"expected {len(expected)} input(s) ({describe_inputs(spec)}), found {len(arrays)}"
         )
     return arrays
 
@@ -90,7 +117,7 @@ def _is_one_array(x) -> bool:
     return len(x) != 1 or not isinstance(x[0], (np.ndarray, list, tuple))
 
 
-def _check_one(inp: InputSpec, value, dtype) -> np.ndarray:
+def _check_one(spec: ModelSpec, inp: InputSpec, value, dtype, layout: str | None) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -104,16 +131,12 @@ def _check_one(inp: InputSpec, value, dtype) -> np.ndarray:
         raise KerascheckError(
             f"expected numeric values for input {_describe_one(inp)}, found dtype {array.dtype}"
         )
-    if array.ndim == len(inp.shape):  # a single sample without its batch axis
-        array = array[None]
-    fits = array.ndim == len(inp.shape) + 1 and all(
-        d is None or d == s for d, s in zip(inp.shape, array.shape[1:])
-    )
-    if not fits:
-        raise KerascheckError(
-            f"expected shape {shape_text(inp.shape)} for input '{inp.name}', "
-            f"found {tuple(array.shape)}"
-        )
+    given = tuple(array.shape)
+    model = input_layout(spec, inp.name) if len(inp.shape) >= 2 else "channels_last"
+    batched = array[None] if array.ndim == len(inp.shape) else array  # one sample
+    array = transposed(batched, layout or model, model)
+    if not _fits(inp, array):
+        raise KerascheckError(_shape_error(inp, batched, given, layout, model))
     if inp.dtype == "string":
         return array
     if "int" in inp.dtype:
@@ -129,6 +152,39 @@ def _check_one(inp: InputSpec, value, dtype) -> np.ndarray:
             "which kerascheck cannot feed"
         )
     return array.astype(dtype, copy=False)
+
+
+def _fits(inp: InputSpec, array: np.ndarray) -> bool:
+    return array.ndim == len(inp.shape) + 1 and all(
+        d is None or d == s for d, s in zip(inp.shape, array.shape[1:])
+    )
+
+
+def _shape_error(inp: InputSpec, batched, given: tuple, layout: str | None, model: str) -> str:
+    """The expected shape in the layout the user said their array is in, the shape as
+    given, and the `--input-layout` that makes it fit when there is one."""
+    said = layout or model
+    if said == model:
+        text = f"expected shape {shape_text(inp.shape)} for input '{inp.name}'"
+    else:
+        text = (
+            f"expected shape {shape_text(_layout_shape(inp.shape, model, said))} for input "
+            f"'{inp.name}' given as {said} (the model reads {shape_text(inp.shape)}, {model})"
+        )
+    other = other_layout(said)
+    if batched.ndim >= 3 and _fits(inp, transposed(batched, other, model)):
+        text += f", found {given}: that fits as {other} data; pass --input-layout {other}"
+        return text
+    return f"{text}, found {given}"
+
+
+def _layout_shape(shape: tuple, given: str, wanted: str) -> tuple:
+    """A shape without its batch axis, moved from layout `given` to layout `wanted`."""
+    if len(shape) < 2 or given == wanted:
+        return tuple(shape)
+    if given == "channels_first":
+        return (*shape[1:], shape[0])
+    return (shape[-1], *shape[:-1])
 
 
 def _as_strings(inp: InputSpec, array: np.ndarray) -> np.ndarray:
@@ -195,7 +251,7 @@ def _index_bound(spec: ModelSpec, input_name: str) -> int:
     return _embedding_bound(spec, input_name) or DEFAULT_INDEX_BOUND
 
 
-def read_inputs(path: str, spec: ModelSpec, layout: str = "channels_last") -> list[np.ndarray]:
+def read_inputs(path: str, spec: ModelSpec, layout: str | None = None) -> list[np.ndarray]:
     """Read `.npy` (one input) or `.npz` (keyed by input name, or arr_0, arr_1...)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -211,7 +267,7 @@ def read_inputs(path: str, spec: ModelSpec, layout: str = "channels_last") -> li
     if isinstance(loaded, np.ndarray):
         if len(spec.inputs) != 1:
             raise KerascheckError(
-                f"{path}: expected {len(spec.inputs)} inputs ({_describe(spec)}) in one .npz "
+                f"{path}: expected {len(spec.inputs)} inputs ({describe_inputs(spec)}) in one .npz "
                 "keyed by input name, found a single .npy array"
             )
         return check_inputs(spec, loaded, layout=layout)
@@ -231,7 +287,7 @@ def _npz_arrays(path: str, loaded, spec: ModelSpec) -> list[np.ndarray]:
         missing = [n for n in names if n not in keys]
         raise KerascheckError(
             f"{path}: expected arrays named {names} (or {', '.join(positional)}) for inputs "
-            f"{_describe(spec)}, found {keys} (missing {missing})"
+            f"{describe_inputs(spec)}, found {keys} (missing {missing})"
         )
     arrays = []
     for key, inp in zip(chosen, spec.inputs):

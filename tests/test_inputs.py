@@ -11,9 +11,9 @@ import pytest
 from helpers import keras_module, keras_predict
 
 from kerascheck import KerascheckError
-from kerascheck.inputs import check_inputs, random_inputs, read_inputs
+from kerascheck.inputs import check_inputs, input_layout, random_inputs, read_inputs
 from kerascheck.loading import read_model
-from kerascheck.loading.spec import InputSpec, LayerSpec, ModelSpec, TensorRef
+from kerascheck.loading.spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef
 
 
 def _spec(*inputs: InputSpec) -> ModelSpec:
@@ -220,3 +220,69 @@ def test_random_inputs_for_a_keras2_float_embedding_input(tmp_path):
     (x,) = random_inputs(spec, batch=50, seed=1)
     assert x.dtype == np.float32 and np.all(x == np.round(x))
     assert x.min() >= 0 and x.max() <= 6 and len(np.unique(x)) == 7
+
+
+# -- layouts ---------------------------------------------------------------------------
+
+
+def _image_spec(data_format):
+    """An input (3, 6, 5) or (6, 5, 3) read by a conv of that data_format, after a ReLU."""
+    shape = (3, 6, 5) if data_format == "channels_first" else (6, 5, 3)
+    inp = InputSpec("image", shape)
+    layers = {
+        "image": LayerSpec("image", "InputLayer", {}),
+        "relu": LayerSpec("relu", "ReLU", {}),
+        "conv": LayerSpec("conv", "Conv2D", {"data_format": data_format}),
+    }
+    calls = [
+        CallSpec("relu", 0, [TensorRef("image")]),
+        CallSpec("conv", 0, [TensorRef("relu")]),
+    ]
+    return ModelSpec("m", "Functional", layers, calls, [inp], [TensorRef("conv")])
+
+
+CF, CL = _image_spec("channels_first"), _image_spec("channels_last")
+NCHW = np.arange(2 * 3 * 6 * 5, dtype="float32").reshape(2, 3, 6, 5)
+
+
+def test_input_layout_is_the_first_data_format_downstream():
+    assert input_layout(CF, "image") == "channels_first"
+    assert input_layout(CL, "image") == "channels_last"
+    assert input_layout(ONE, "image") == "channels_last"  # no layer says
+
+
+def test_layout_says_what_the_given_array_is_in():
+    np.testing.assert_array_equal(check_inputs(CF, NCHW, layout="channels_first")[0], NCHW)
+    np.testing.assert_array_equal(check_inputs(CF, NCHW)[0], NCHW)  # the model's own
+    nhwc = np.moveaxis(NCHW, 1, -1)
+    np.testing.assert_array_equal(check_inputs(CF, nhwc, layout="channels_last")[0], NCHW)
+    np.testing.assert_array_equal(check_inputs(CL, NCHW, layout="channels_first")[0], nhwc)
+
+
+def test_a_sample_without_batch_axis_is_transposed_as_one_sample():
+    (x,) = check_inputs(CL, NCHW[1], layout="channels_first")
+    np.testing.assert_array_equal(x, np.moveaxis(NCHW[1], 0, -1)[None])
+    (x,) = check_inputs(CF, NCHW[1], layout="channels_first")
+    np.testing.assert_array_equal(x, NCHW[1][None])
+
+
+def test_layout_errors_show_the_shape_as_given_and_the_flag_that_fits():
+    _fails(
+        lambda: check_inputs(CL, NCHW),
+        "expected shape (batch, 6, 5, 3)",
+        "found (2, 3, 6, 5)",
+        "pass --input-layout channels_first",
+    )
+    _fails(
+        lambda: check_inputs(CF, np.zeros((6, 5, 3))),
+        "found (6, 5, 3)",
+        "pass --input-layout channels_last",
+    )
+    _fails(
+        lambda: check_inputs(CL, np.zeros((2, 6, 5, 3)), layout="channels_first"),
+        "expected shape (batch, 3, 6, 5) for input 'image' given as channels_first",
+        "the model reads (batch, 6, 5, 3), channels_last",
+        "found (2, 6, 5, 3)",
+        "pass --input-layout channels_last",
+    )
+    _fails(lambda: check_inputs(CL, NCHW, layout="nchw"), "expected a layout", "'nchw'")

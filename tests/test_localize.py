@@ -120,7 +120,7 @@ def test_statistics_fields(cnn):
 
 def test_carried_only_excess_is_drift_not_a_divergence(cnn, monkeypatch):
     """Every layer right, but the input to 'c2' arrives slightly off (as amplified float32
-    rounding would make it): 'c2' onwards drift, nothing diverges, exit status match."""
+    rounding would make it): 'c2' onwards drift, nothing diverges on its own."""
     original = conv.Conv2D.call
 
     def noisy_input(self, x):
@@ -144,4 +144,10 @@ def test_carried_only_excess_is_drift_not_a_divergence(cnn, monkeypatch):
     rows = {r.name: r for r in result.comparison.layers}
     assert rows["c1"].status == "match"
     assert rows["c2"].status == "drift" and rows["c2"].own["status"] == "match"
-    assert result.status == "match" and result.comparison.first_divergence is None
+    assert result.comparison.first_divergence is None  # no layer is wrong on its own...
+    # ...but the outputs are 0.1% off end to end, which an outputs-only diff fails: so
+    # does this one, for that reason (c1's own error is not rounding, only within its
+    # loosened tolerance).
+    assert result.status == "mismatch"
+    assert result.comparison.reason.startswith("end-to-end output error: output 'head'")
+    assert [r.name for r in result.comparison.above_rounding] == ["c1"]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..errors import KerascheckError
 from ..inputs import check_inputs
 from ..limits import check_bytes, clip
 from ..loading.spec import ModelSpec
@@ -38,6 +39,11 @@ class EngineModel:
         return self._batched(x, batch_size, keep=True)[1]
 
     def _batched(self, x, batch_size, keep):
+        if not self.spec.values:
+            raise KerascheckError(
+                f"{self.spec.source or self.spec.name}: read for its weights' shapes only "
+                "(values=False); expected a model read with its weights to run it"
+            )
         arrays = check_inputs(self.spec, x, self.context.dtype)
         total = arrays[0].shape[0]
         step = batch_size or total or 1
@@ -57,6 +63,17 @@ class EngineModel:
         Variable sizes (None in the input spec) are probed with two sizes; the
         dimensions that change with them are reported as None.
         """
+        if not self.spec.values:
+            # Zero placeholders for weights: an empty batch gives every shape without
+            # arithmetic (or touching the placeholders); a layer that cannot take one
+            # gets the usual one-sample probe.
+            try:
+                return self._probe_batch(0)
+            except KerascheckError:
+                pass
+        return self._probe_batch(1)
+
+    def _probe_batch(self, batch: int) -> dict[str, tuple]:
         variable = any(d is None for i in self.spec.inputs for d in i.shape)
         runs = []
         for size in PROBE_SIZES[: 2 if variable else 1]:
@@ -65,7 +82,8 @@ class EngineModel:
                 check_bytes(math.prod(dims) * 4, f"input '{clip(i.name)}'", dims)
             probe = [
                 np.zeros(
-                    (1, *(size if d is None else d for d in i.shape)), dtype=_probe_dtype(i.dtype)
+                    (batch, *(size if d is None else d for d in i.shape)),
+                    dtype=_probe_dtype(i.dtype),
                 )
                 for i in self.spec.inputs
             ]

@@ -55,13 +55,16 @@ def supported_classes() -> list[str]:
 
 
 def supported_by_family() -> dict[str, list[str]]:
-    """{family (the engine module's name): its classes}, for `kerascheck layers`."""
-    return {
+    """{family (the engine module's name): its classes}, for `kerascheck layers`; last,
+    the TensorFlow functions a tf_keras TFOpLambda layer may call."""
+    families = {
         family.__name__.rsplit(".", 1)[-1].replace("_", " "): sorted(
             cls.__name__ for cls in family.LAYERS
         )
         for family in FAMILIES
     }
+    families["tf functions"] = sorted(f"tf.{name}" for name in tf_ops.TF_FUNCTIONS)
+    return families
 
 
 def create_layer(spec: LayerSpec, context: Context) -> Layer:

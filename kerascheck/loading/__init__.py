@@ -6,6 +6,7 @@ import os
 
 from ..errors import KerascheckError
 from ..limits import clip, deadline, read_seconds
+from .hdf5 import shapes_only
 from .keras_zip import read_keras_zip
 from .legacy_h5 import read_legacy_h5
 from .spec import CallSpec, InputSpec, LayerSpec, ModelSpec, TensorRef
@@ -16,8 +17,14 @@ ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-def read_model(path) -> ModelSpec:
-    """Read a `.keras` archive or a legacy `.h5` file, recognised by content."""
+def read_model(path, values: bool = True) -> ModelSpec:
+    """Read a `.keras` archive or a legacy `.h5` file, recognised by content.
+
+    `values=False` reads the weights' shapes and dtypes only, with every safety
+    check of a full read: each weight is a lazily allocated zero array and
+    `spec.values` is False, so the engine reports shapes and parameter counts
+    but refuses to run (`summary` needs no more, and starts without reading
+    hundreds of megabytes)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise KerascheckError(f"{path}: no such file; expected a .keras or .h5 model file")
@@ -44,7 +51,12 @@ def read_model(path) -> ModelSpec:
         )
     try:
         with deadline(read_seconds(os.path.getsize(path)), path):
-            return reader(path)
+            if values:
+                return reader(path)
+            with shapes_only():
+                spec = reader(path)
+            spec.values = False
+            return spec
     except KerascheckError:
         raise
     except (

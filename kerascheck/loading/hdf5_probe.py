@@ -1,22 +1,24 @@
-"""Walk an HDF5 file's structure in a child process before the real read.
+"""Walk an HDF5 file's structure in a child process, and hand the structure back.
 
 The HDF5 library is C code: a damaged header or chunk index can make it loop or
 crash where no Python signal reaches it, so the `--max-memory`-style checks and the
-CPU-time deadline in `limits` cannot bound it. Before a file is opened for real, a
-forked child opens it and, through h5py's low-level API, touches every piece of
-metadata the real read will use (every link, each dataset's storage and chunk
-index, each attribute). A child that spins is stopped by the kernel after the read
-deadline in CPU time (RLIMIT_CPU), one that waits is killed long after it in wall
-time; if it crashes the crash is reported; if it finds a problem its one-line error is
-the parent's. The real read then only repeats metadata work that has already
-finished once, and reads data only after its declared size is checked against the
-file and the memory limit.
+CPU-time deadline in `limits` cannot bound it. So a forked child opens the file and,
+through h5py's low-level API, touches every piece of metadata a real read uses
+(every link, each dataset's storage and chunk index, each attribute), makes every
+safety check on the way (`hdf5.scan`), and writes the structure it found to a pipe as
+JSON (never a pickle: the child is what a hostile file may have subverted). A child
+that spins is stopped by the kernel after the read deadline in CPU time
+(RLIMIT_CPU), one that waits is killed long after it in wall time; if it crashes the
+crash is reported; if it finds a problem its one-line error is the parent's. The
+parent reads the structure from the JSON and opens the file itself only to read
+values, after their declared sizes are checked against the file and the memory limit.
 
-Where `os.fork` does not exist the probe is skipped (the deadline still applies).
+Where `os.fork` does not exist the walk runs in-process (the deadline still applies).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import select
@@ -24,7 +26,7 @@ import signal
 import time
 
 from ..errors import KerascheckError, UnsafeModelError
-from ..limits import clip, read_seconds
+from ..limits import read_seconds
 
 # The wall-clock backstop: generous, since a busy machine slows a good file down.
 WALL_FACTOR, WALL_EXTRA = 10, 30
@@ -32,19 +34,21 @@ _ERRORS = {"KerascheckError": KerascheckError, "UnsafeModelError": UnsafeModelEr
 _MAX_MESSAGE = 4096
 
 
-def probe(source, path: str, size: int) -> None:
-    """Raise the error the structure walk of `source` ends in, in a child process."""
+def probe(source, path: str, size: int) -> dict:
+    """`hdf5.describe(source, path)`, run in a child process; its error is raised here."""
+    from . import hdf5
+
     if not hasattr(os, "fork"):
-        return
+        return hdf5.describe(source, path)
     seconds = read_seconds(size)
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: walk, report one line, leave without cleanup
+    if pid == 0:  # the child: walk, report, leave without cleanup
         os.close(read_end)
         try:
             # a spinning library is stopped by the kernel after `seconds` of CPU time
             resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 2))
-            os.write(write_end, _child_report(source, path).encode("utf-8", "replace"))
+            _write_all(write_end, _child_report(hdf5, source, path))
         finally:
             os._exit(0)
     os.close(write_end)
@@ -52,27 +56,33 @@ def probe(source, path: str, size: int) -> None:
         report = _collect(read_end, pid, seconds, path)
     finally:
         os.close(read_end)
-    if report:
-        kind, _, message = report.partition("\t")
-        raise _ERRORS.get(kind, KerascheckError)(message)
-
-
-def _child_report(source, path: str) -> str:
-    import h5py
-
-    from .hdf5 import walk_metadata
-
     try:
-        with h5py.File(source, "r") as handle:
-            walk_metadata(handle, path)
-    except KerascheckError as exc:
-        return f"{type(exc).__name__}\t{exc}"[:_MAX_MESSAGE]
-    except BaseException as exc:  # h5py's own errors on a damaged file
-        return (
-            f"KerascheckError\t{path}: expected a readable HDF5 file, found a damaged one "
-            f"({type(exc).__name__}: {clip(exc)})"
+        report = json.loads(report)
+        kind, message = report.get("error") or ("", None)
+    except (ValueError, TypeError, AttributeError):  # not the JSON a child writes
+        report, message = {}, None
+    if message is not None:
+        raise _ERRORS.get(kind, KerascheckError)(str(message)[:_MAX_MESSAGE])
+    if not isinstance(report.get("structure"), dict):
+        raise KerascheckError(
+            f"{path}: the HDF5 structure walk ended without a report; expected a readable "
+            "file, found a damaged one"
         )
-    return ""
+    return report["structure"]
+
+
+def _child_report(hdf5, source, path: str) -> bytes:
+    try:
+        report = {"structure": hdf5.describe(source, path)}
+    except KerascheckError as exc:
+        report = {"error": [type(exc).__name__, str(exc)[:_MAX_MESSAGE]]}
+    return json.dumps(report, separators=(",", ":")).encode("ascii")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _collect(read_end: int, pid: int, seconds: int, path: str) -> str:
@@ -87,7 +97,7 @@ def _collect(read_end: int, pid: int, seconds: int, path: str) -> str:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise _unfinished(path, seconds)
-        chunk = os.read(read_end, 65536)
+        chunk = os.read(read_end, 1 << 20)
         if not chunk:
             break
         chunks.append(chunk)

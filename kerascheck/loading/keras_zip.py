@@ -10,16 +10,16 @@ from __future__ import annotations
 import io
 import json
 import lzma
+import os
 import re
+import struct
 import zipfile
 import zlib
-
-import h5py
 
 from ..errors import KerascheckError, UnsafeModelError
 from ..limits import clip
 from .config import check_depth, parse_model_config
-from .hdf5 import child, open_file, read_array, text_attr
+from .hdf5 import Group, child, open_file, read_array, reading_values, text_attr
 from .safety import MODEL_CLASSES
 from .spec import ModelSpec
 from .training import keras3_optimizer_vars, training_setup
@@ -59,16 +59,84 @@ def read_keras_zip(path: str) -> ModelSpec:
         version = metadata.get("keras_version", "3") if isinstance(metadata, dict) else "3"
         spec = parse_model_config(config, str(version), path)
         spec.training = training_setup(config.get("compile_config"), f"{path}: compile_config")
-        weights = _read_member(archive, "model.weights.h5", MAX_WEIGHTS_BYTES, path)
-    with open_file(io.BytesIO(weights), f"{path}: model.weights.h5") as store:
+        weights = _weights_file(archive, path)
+    with weights, open_file(weights, f"{path}: model.weights.h5") as store:
         assign_weights(spec, store, path)
         if spec.training is not None:
             spec.training["state"] = keras3_optimizer_vars(store, path)
     return spec
 
 
-def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: str) -> bytes:
+def _weights_file(archive: zipfile.ZipFile, path: str):
+    """`model.weights.h5` as a file object for h5py: its bytes in memory or, when only
+    shapes are wanted (`shapes_only`) and the member is stored uncompressed (as Keras
+    writes it), a window onto the archive, so that only the HDF5 metadata h5py asks
+    for is read."""
+    name = "model.weights.h5"
     info = archive.getinfo(name)
+    if reading_values() or info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return io.BytesIO(_read_member(archive, name, MAX_WEIGHTS_BYTES, path))
+    _check_member(info, MAX_WEIGHTS_BYTES, path)
+    archive.fp.seek(info.header_offset)
+    header = archive.fp.read(LOCAL_HEADER_SIZE)
+    if len(header) != LOCAL_HEADER_SIZE or header[:4] != b"PK\x03\x04":
+        raise KerascheckError(f"{path}: expected a zip local header for {name}, found none")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + LOCAL_HEADER_SIZE + name_length + extra_length
+    return MemberWindow(path, start, info.file_size)
+
+
+LOCAL_HEADER_SIZE = 30
+
+
+class MemberWindow(io.RawIOBase):
+    """Bytes `start .. start + size` of a file, as a read-only file of their own.
+
+    Reads use `os.pread`, which leaves the descriptor's position alone, so the
+    HDF5 probe's forked child can walk the same window. `bytes_read` counts what
+    was read (the start-up test checks that no weight data was)."""
+
+    def __init__(self, path: str, start: int, size: int):
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._start, self._size, self._pos = start, size, 0
+        self.bytes_read = 0
+        if start + size > os.fstat(self._fd).st_size:
+            os.close(self._fd)
+            raise KerascheckError(
+                f"{path}: model.weights.h5 declares {size} bytes past the end of the archive"
+            )
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        count = max(min(len(buffer), self._size - self._pos), 0)
+        data = os.pread(self._fd, count, self._start + self._pos) if count else b""
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        self.bytes_read += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def _check_member(info: zipfile.ZipInfo, limit: int, path: str) -> None:
+    name = info.filename
     if info.file_size > limit:
         raise KerascheckError(
             f"{path}: expected {name} of at most {limit} bytes, found {info.file_size}"
@@ -78,6 +146,11 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: str) -> 
             f"{path}: {name} declares {info.file_size} bytes but stores only "
             f"{info.compress_size}; refusing a likely decompression bomb"
         )
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: str) -> bytes:
+    info = archive.getinfo(name)
+    _check_member(info, limit, path)
     try:
         with archive.open(name) as member:  # streamed with a cap: the declared size can lie
             data = member.read(min(info.file_size, limit) + 1)
@@ -116,7 +189,7 @@ def snake_case(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
+def assign_weights(spec: ModelSpec, store: Group, path: str) -> None:
     """Fill each layer's weights from a `layers/<group>/vars/<i>` weight store.
 
     Recent Keras 3 writes the layer name in a `name` attribute of `vars`; tf_keras
@@ -126,13 +199,13 @@ def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
     groups = child(store, "layers")
     if groups is None:
         return
-    if not isinstance(groups, h5py.Group):
+    if not isinstance(groups, Group):
         raise KerascheckError(f"{path}: expected a 'layers' group in model.weights.h5")
     by_name = _groups_by_layer_name(groups)
     for layer, key in zip(_saved_layers(spec), _order_keys(spec)):
         key = by_name.get(layer.name) if by_name else key
         group = child(groups, key) if key is not None else None
-        if not isinstance(group, h5py.Group):
+        if not isinstance(group, Group):
             continue  # a layer without weights; the engine checks the count
         if layer.model is not None:
             assign_weights(layer.model, group, path)
@@ -162,7 +235,7 @@ def _layer_weights(group, class_name: str, config: dict, name: str, path: str) -
     weights = _read_vars(child(group, "vars"), name, path)
     for key, part_class, part_config in _parts(group, class_name, config):
         part = child(group, key)
-        if isinstance(part, h5py.Group):
+        if isinstance(part, Group):
             weights += _layer_weights(part, part_class, part_config, name, path)
     return weights
 
@@ -231,11 +304,11 @@ def _order_keys(spec: ModelSpec) -> list[str]:
     return _list_keys([layer.class_name for layer in _saved_layers(spec)])
 
 
-def _groups_by_layer_name(groups: h5py.Group) -> dict[str, str]:
+def _groups_by_layer_name(groups: Group) -> dict[str, str]:
     by_name = {}
     for key in groups.keys():
         vars_group = child(groups, f"{key}/vars")
-        owner = text_attr(vars_group, "name") if isinstance(vars_group, h5py.Group) else None
+        owner = text_attr(vars_group, "name") if isinstance(vars_group, Group) else None
         if owner:
             by_name[owner] = key
     return by_name
@@ -245,7 +318,7 @@ def _read_vars(vars_group, layer_name: str, path: str) -> list:
     """`vars/0`, `vars/1`, ... in order; anything else in the group is a damaged file."""
     if vars_group is None:
         return []
-    if not isinstance(vars_group, h5py.Group):
+    if not isinstance(vars_group, Group):
         raise KerascheckError(f"{path}: expected a 'vars' group for layer '{layer_name}'")
     keys = list(vars_group.keys())
     if keys == ["idf_weights"]:  # IndexLookup in tf_idf mode names its one variable

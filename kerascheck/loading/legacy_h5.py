@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import h5py
-
 from ..errors import KerascheckError
 from ..limits import clip
 from .config import check_depth, parse_model_config
-from .hdf5 import child, list_attr, open_file, read_array, text_attr
+from .hdf5 import Group, child, list_attr, open_file, read_array, text_attr
 from .safety import MODEL_CLASSES
 from .spec import LayerSpec, ModelSpec
 from .training import h5_optimizer_weights, training_setup
@@ -36,7 +34,7 @@ def read_legacy_h5(path: str) -> ModelSpec:
         spec = parse_model_config(config, str(keras_version), path)
         spec.training = _training_config(handle, path)
         weights = child(handle, "model_weights")
-        if not isinstance(weights, h5py.Group):
+        if not isinstance(weights, Group):
             raise KerascheckError(f"{path}: expected a 'model_weights' group, found none")
         assign_weights(spec, weights, path)
         if spec.training is not None:
@@ -59,7 +57,7 @@ def _training_config(handle, path: str):
     return training_setup(config, where) if isinstance(config, dict) else None
 
 
-def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
+def assign_weights(spec: ModelSpec, store: Group, path: str) -> None:
     """Weights live in `model_weights/<layer>` in the order of its `weight_names`.
 
     A nested model's group holds the weights of all its leaf layers, nested ones
@@ -67,7 +65,7 @@ def assign_weights(spec: ModelSpec, store: h5py.Group, path: str) -> None:
     """
     for layer in spec.layers.values():
         group = child(store, layer.name)
-        if not isinstance(group, h5py.Group):
+        if not isinstance(group, Group):
             continue  # no weights saved; the engine checks the count against the config
         names = list_attr(group, "weight_names")
         arrays = [(name, read_array(child(group, name), _what(name, layer))) for name in names]

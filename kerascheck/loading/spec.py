@@ -105,6 +105,9 @@ class ModelSpec:
     # How the file was compiled, when it was: {"loss", "loss_weights", "optimizer",
     # "where"}, read as plain JSON (nothing in it is deserialized or run here).
     training: dict | None = None
+    # False when read with `read_model(values=False)`: weights are zeros of the
+    # stored shapes, good for shapes and counts, never for running.
+    values: bool = True
 
     @property
     def keras_major(self) -> int:

@@ -174,11 +174,14 @@ class KerasRunner:
     """A model loaded once in the chosen Keras, run batch by batch."""
 
     def __init__(self, path: str, spec: ModelSpec, flavor: str):
+        start = time.perf_counter()
         self.module = _import(flavor)
+        self.import_seconds = time.perf_counter() - start  # TensorFlow's start-up
         self.flavor = flavor
         self.version = self.module.__version__
         self.spec = spec
         self.model = load_keras_model(path, flavor)
+        self.load_seconds = time.perf_counter() - start - self.import_seconds
         self.seconds = 0.0
 
     def run_batch(self, arrays: list[np.ndarray], keep: bool = True, strict: bool = True):

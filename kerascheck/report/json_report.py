@@ -25,15 +25,39 @@ def diff_report(result: DiffResult) -> dict:
         "layer_wise": result.layer_wise,
         "tolerance": {"atol": comparison.tolerance.atol, "rtol": comparison.tolerance.rtol},
         "first_divergence": comparison.first_divergence,
+        "reason": comparison.reason,
+        "end_to_end": [_end_to_end(row) for row in comparison.end_to_end],
+        "drift": _drift(comparison),
         "batch": result.batch,
         "batches": result.batches,
-        "timing": {"engine_seconds": result.engine_seconds, "keras_seconds": result.keras_seconds},
+        "timing": {
+            "engine_seconds": result.engine_seconds,
+            "keras_seconds": result.keras_seconds,
+            "phases": result.timings,  # wall seconds per phase (progress.Phases)
+            "wall_seconds": result.wall_seconds,
+        },
         "graph_check_max_abs_diff": result.graph_check,
         "stateful": {"layers": result.stateful, "states": "reset before the run"}
         if result.stateful
         else None,
         "layers": [row.to_json() for row in comparison.layers],
     }
+
+
+def _end_to_end(row) -> dict:
+    """A model output judged as `diff` without --layer-wise judges it."""
+    keys = ("name", "class_name", "status", "max_abs_diff", "max_rel_diff", "tolerance")
+    return {key: getattr(row, key) for key in keys}
+
+
+def _drift(comparison) -> dict | None:
+    """Drifting layers, and whether rounding explains them (every own error at
+    rounding level) or only the tolerances in force do."""
+    drift = [r.name for r in comparison.layers if r.status == "drift"]
+    if not drift:
+        return None
+    above = [r.name for r in comparison.above_rounding]
+    return {"layers": drift, "rounding": not above, "own_error_above_rounding": above}
 
 
 def audit_report(outcome) -> dict:

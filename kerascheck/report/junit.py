@@ -59,6 +59,14 @@ def testsuite(result: DiffResult) -> ElementTree.Element:
             ElementTree.SubElement(case, "skipped", message=safe_text(row.reason or "not compared"))
         else:
             ElementTree.SubElement(case, "system-out").text = text
+    reason = result.comparison.reason
+    if reason:  # no layer diverges on its own, the model outputs do: one failing case more
+        case = ElementTree.SubElement(
+            suite, "testcase", classname=safe_text(result.model_path), name="end-to-end outputs"
+        )
+        ElementTree.SubElement(case, "failure", message=safe_text(reason), type="end-to-end")
+        suite.set("tests", str(len(rows) + 1))
+        suite.set("failures", str(int(suite.get("failures")) + 1))
     return suite
 
 

@@ -30,6 +30,8 @@ def diff_markdown(result: DiffResult, rows: str = "diverging") -> str:
     first = comparison.first_divergence
     if first:
         lines += [f"**First divergence:** {markdown_code(first)}", ""]
+    elif comparison.reason:
+        lines += [f"**End to end:** {markdown_cell(comparison.reason, PATH_LIMIT)}", ""]
     shown = [
         r for r in comparison.layers if rows == "all" or r.status != "match" or r.name == first
     ]

@@ -171,6 +171,14 @@ def test_unlisted_tf_function_is_refused_by_name(tmp_path, ext):
     # tf_keras numbers op layers per process: 'tf.math.lgamma', 'tf.math.lgamma_1', ...
     assert "layer 'tf.math.lgamma" in message and "TFOpLambda calling tf.math.lgamma," in message
     assert "allow-list" in message
+    # One line that names the function and where the list is, not 90 names on it.
+    assert "kerascheck layers --family 'tf functions'" in message and len(message) < 400
+    from click.testing import CliRunner
+
+    from kerascheck.cli import main
+
+    listed = CliRunner().invoke(main, ["layers", "--family", "tf functions"]).stdout
+    assert "tf.math.cumsum" in listed and "tf.math.lgamma" not in listed
 
 
 def test_every_allowed_symbol_is_a_tensorflow_name():

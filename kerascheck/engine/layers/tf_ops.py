@@ -745,7 +745,8 @@ class TFOpLambda(Layer):
         if self.function is None:
             raise UnsupportedLayerError(
                 f"layer '{self.name}' ({self.class_name}) calls tf.{self.symbol}, which "
-                f"kerascheck does not implement; supported: {', '.join(sorted(TF_FUNCTIONS))}"
+                "kerascheck does not implement; `kerascheck layers --family 'tf functions'` "
+                "lists the supported ones"
             )
 
     def call(self, inputs, *args, **kwargs):
