@@ -177,6 +177,9 @@ class ErrorStats:
         if ours.dtype.kind not in "biuf" or theirs.dtype.kind not in "biuf":
             self._update_exact(ours, theirs, offset)
             return
+        if np.isfinite(ours).all() and np.isfinite(theirs).all():
+            self._update_finite(ours, theirs, offset)
+            return
         a, b = ours.astype(np.float64), theirs.astype(np.float64)
         for side, x in (("engine", a), ("keras", b)):
             self.nonfinite[f"nan_{side}"] += int(np.isnan(x).sum())
@@ -201,6 +204,26 @@ class ErrorStats:
         self.norm_ours += float(np.sum(a0 * a0))
         self.norm_theirs += float(np.sum(b0 * b0))
         self.scale = max(self.scale, float(np.max(np.abs(b0))))
+
+    def _update_finite(self, ours, theirs, offset: int) -> None:
+        """`update` when every value is finite (nearly always): the same statistics in
+        a third of the passes over the data, the sums of products as BLAS dots."""
+        a = np.asarray(ours, dtype=np.float64).ravel()
+        b = np.asarray(theirs, dtype=np.float64).ravel()
+        diff = np.subtract(a, b)
+        np.abs(diff, out=diff)
+        flat = int(np.argmax(diff))
+        if diff[flat] > self.max_abs:
+            self.max_abs = float(diff[flat])
+            index = np.unravel_index(flat, theirs.shape)
+            self.worst = (_shift(index, offset), float(a[flat]), float(b[flat]))
+        self.count += diff.size
+        self.sum_abs += float(diff.sum())
+        self.sum_sq += float(np.dot(diff, diff))
+        self.dot += float(np.dot(a, b))
+        self.norm_ours += float(np.dot(a, a))
+        self.norm_theirs += float(np.dot(b, b))
+        self.scale = max(self.scale, float(np.max(b)), -float(np.min(b)))
 
     def _update_exact(self, ours, theirs, offset: int) -> None:
         differs = np.asarray(ours.astype(str) != theirs.astype(str))
