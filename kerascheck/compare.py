@@ -206,23 +206,31 @@ class ErrorStats:
         self.scale = max(self.scale, float(np.max(np.abs(b0))))
 
     def _update_finite(self, ours, theirs, offset: int) -> None:
-        """`update` when every value is finite (nearly always): the same statistics in
-        a third of the passes over the data, the sums of products as BLAS dots."""
-        a = np.asarray(ours, dtype=np.float64).ravel()
-        b = np.asarray(theirs, dtype=np.float64).ravel()
-        diff = np.subtract(a, b)
+        """`update` when every value is finite (nearly always), in a few passes: float32
+        outputs are subtracted in float32 (the difference of two close values is exact,
+        and any other is rounded by 2^-24 of itself), every sum accumulates in float64."""
+        if ours.dtype == theirs.dtype == np.float32:
+            a, b = ours.ravel(), theirs.ravel()
+        else:
+            a, b = _float64(ours), _float64(theirs)
+        with np.errstate(over="ignore"):
+            diff = np.subtract(a, b)
         np.abs(diff, out=diff)
         flat = int(np.argmax(diff))
+        if not np.isfinite(diff[flat]):  # a float32 difference beyond float32's range
+            a, b = _float64(ours), _float64(theirs)
+            diff = np.abs(a - b)
+            flat = int(np.argmax(diff))
         if diff[flat] > self.max_abs:
             self.max_abs = float(diff[flat])
             index = np.unravel_index(flat, theirs.shape)
             self.worst = (_shift(index, offset), float(a[flat]), float(b[flat]))
         self.count += diff.size
-        self.sum_abs += float(diff.sum())
-        self.sum_sq += float(np.dot(diff, diff))
-        self.dot += float(np.dot(a, b))
-        self.norm_ours += float(np.dot(a, a))
-        self.norm_theirs += float(np.dot(b, b))
+        self.sum_abs += float(np.sum(diff, dtype=np.float64))
+        self.sum_sq += _dot64(diff, diff)
+        self.dot += _dot64(a, b)
+        self.norm_ours += _dot64(a, a)
+        self.norm_theirs += _dot64(b, b)
         self.scale = max(self.scale, float(np.max(b)), -float(np.min(b)))
 
     def _update_exact(self, ours, theirs, offset: int) -> None:
@@ -280,6 +288,16 @@ class ErrorStats:
         elif not tolerance.allows(max_abs, scale):
             row.status = "mismatch"
         return row
+
+
+def _float64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).ravel()
+
+
+def _dot64(x: np.ndarray, y: np.ndarray) -> float:
+    """The sum of `x * y` with each product and the sum in float64, in one buffered pass
+    (no float64 copy of either vector)."""
+    return float(np.einsum("i,i->", x, y, dtype=np.float64))
 
 
 def _shift(index, offset: int) -> list[int]:

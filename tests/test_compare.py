@@ -7,7 +7,7 @@ import pytest
 from helpers import keras_module, make_input, randomize_weights
 
 import kerascheck
-from kerascheck.compare import Tolerance, compare_arrays
+from kerascheck.compare import CallStats, Tolerance, compare_arrays
 from kerascheck.diff import diff_model
 
 
@@ -79,3 +79,34 @@ def test_default_tolerance_passes_a_63_layer_model(tmp_path, flavor, ext):
     bad = [(r.name, r.max_rel_diff) for r in result.comparison.layers if r.status != "match"]
     assert result.status == "match", bad
     assert result.graph_check <= 1e-6
+
+
+def test_statistics_of_finite_float32_outputs_equal_float64_arithmetic():
+    """The all-finite fast path (float32 differences, float64 sums) gives the numbers a
+    float64 computation gives, worst element included."""
+    rng = np.random.default_rng(3)
+    keras = (rng.standard_normal((3, 7, 5, 4)) * 20).astype("float32")
+    ours = keras + (rng.standard_normal(keras.shape) * 1e-3).astype("float32")
+    stats = CallStats()
+    stats.update(ours[:2], keras[:2], 0)
+    stats.update(ours[2:], keras[2:], 2)  # two batches: sums and worst carry over
+    row = stats.finish("x", "Dense", Tolerance())
+    a, b = ours.astype(np.float64), keras.astype(np.float64)
+    diff = np.abs(a - b)
+    worst = np.unravel_index(np.argmax(diff), diff.shape)
+    assert row.max_abs_diff == pytest.approx(diff.max(), rel=1e-7)
+    assert row.worst_index == list(worst)
+    assert row.mean_abs_diff == pytest.approx(diff.mean(), rel=1e-7)
+    assert row.rms_diff == pytest.approx(np.sqrt(np.mean(diff**2)), rel=1e-7)
+    cosine = np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b))
+    assert row.cosine_similarity == pytest.approx(cosine, rel=1e-12)
+    assert row.max_rel_diff == pytest.approx(diff.max() / np.abs(b).max(), rel=1e-7)
+
+
+def test_a_difference_beyond_float32_range_is_still_finite():
+    big = np.float32(3e38)
+    stats = CallStats()
+    stats.update(np.array([[big, 1.0]], "float32"), np.array([[-big, 1.0]], "float32"))
+    row = stats.finish("x", "Dense", Tolerance())
+    assert row.max_abs_diff == pytest.approx(6e38, rel=1e-6) and np.isfinite(row.max_abs_diff)
+    assert row.status == "mismatch" and row.reason is None
