@@ -9,7 +9,8 @@ safety check on the way (`hdf5.scan`), and writes the structure it found to a pi
 JSON (never a pickle: the child is what a hostile file may have subverted). A child
 that spins is stopped by the kernel after the read deadline in CPU time
 (RLIMIT_CPU), one that waits is killed long after it in wall time; if it crashes the
-crash is reported; if it finds a problem its one-line error is the parent's. The
+crash is reported (after a second child crashes too: a crash the file causes
+repeats); if it finds a problem its one-line error is the parent's. The
 parent reads the structure from the JSON and opens the file itself only to read
 values, after their declared sizes are checked against the file and the memory limit.
 
@@ -18,6 +19,7 @@ Where `os.fork` does not exist the walk runs in-process (the deadline still appl
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -41,21 +43,19 @@ def probe(source, path: str, size: int) -> dict:
     if not hasattr(os, "fork"):
         return hdf5.describe(source, path)
     seconds = read_seconds(size)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: walk, report, leave without cleanup
-        os.close(read_end)
-        try:
-            # a spinning library is stopped by the kernel after `seconds` of CPU time
-            resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 2))
-            _write_all(write_end, _child_report(hdf5, source, path))
-        finally:
-            os._exit(0)
-    os.close(write_end)
     try:
-        report = _collect(read_end, pid, seconds, path)
-    finally:
-        os.close(read_end)
+        report = _walk_in_child(hdf5, source, path, seconds)
+    except _Crashed:
+        # Once more, in a new child: a crash the file causes happens again, while one
+        # from the forked process' inherited state (a library mid-call in another
+        # thread at fork time) need not.
+        try:
+            report = _walk_in_child(hdf5, source, path, seconds)
+        except _Crashed as crash:
+            raise KerascheckError(
+                f"{path}: the HDF5 library crashed ({crash}) reading the file's structure; "
+                "expected a readable file, found a damaged one"
+            ) from None
     try:
         report = json.loads(report)
         kind, message = report.get("error") or ("", None)
@@ -69,6 +69,32 @@ def probe(source, path: str, size: int) -> dict:
             "file, found a damaged one"
         )
     return report["structure"]
+
+
+class _Crashed(Exception):
+    """The child died of a signal other than the CPU limit's (its name is the message)."""
+
+
+def _walk_in_child(hdf5, source, path: str, seconds: int) -> str:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: walk, report, leave without cleanup
+        os.close(read_end)
+        try:
+            # No collection in the child: it would run finalizers of objects inherited
+            # from the parent (TensorFlow's, h5py's) whose libraries' threads and
+            # state the child does not have.
+            gc.disable()
+            # a spinning library is stopped by the kernel after `seconds` of CPU time
+            resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 2))
+            _write_all(write_end, _child_report(hdf5, source, path))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        return _collect(read_end, pid, seconds, path)
+    finally:
+        os.close(read_end)
 
 
 def _child_report(hdf5, source, path: str) -> bytes:
@@ -105,11 +131,7 @@ def _collect(read_end: int, pid: int, seconds: int, path: str) -> str:
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
         raise _unfinished(path, seconds)
     if os.WIFSIGNALED(status):
-        name = signal.Signals(os.WTERMSIG(status)).name
-        raise KerascheckError(
-            f"{path}: the HDF5 library crashed ({name}) reading the file's structure; "
-            "expected a readable file, found a damaged one"
-        )
+        raise _Crashed(signal.Signals(os.WTERMSIG(status)).name)
     return b"".join(chunks).decode("utf-8", "replace")
 
 

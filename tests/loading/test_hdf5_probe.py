@@ -80,6 +80,22 @@ def test_a_crashing_library_is_named(model_h5, monkeypatch):
         kerascheck.load(model_h5)
 
 
+def test_a_crash_that_does_not_repeat_is_not_the_files(model_h5, monkeypatch, tmp_path):
+    """A child crashing once (state inherited at fork time) gets a second child; the
+    crash a file causes repeats and is reported (above)."""
+    marker, scan = tmp_path / "crashed-once", hdf5.scan
+
+    def crash_first(handle, path):
+        if not marker.exists():
+            marker.write_text("")
+            _crash(handle, path)
+        return scan(handle, path)
+
+    monkeypatch.setattr(hdf5, "scan", crash_first)
+    model = kerascheck.load(model_h5)
+    assert marker.exists() and model.param_count() > 0
+
+
 def test_the_cli_gives_one_line_and_exit_2(model_h5, monkeypatch):
     monkeypatch.setattr(hdf5, "scan", _crash)
     result = CliRunner().invoke(main, ["summary", model_h5])
