@@ -1179,20 +1179,15 @@ def summary(model_path, explain_shapes):
     """The architecture as the engine sees it: output shapes, each layer's window
     (kernel or pool size, strides, padding, dilation), weight shapes and parameter
     arithmetic. Reads the weights' shapes only, never their values (no TensorFlow)."""
-    from .report.summary import shape_walk_view, summary_table
+    from .report.summary import shape_walk_view, summary_table, view_width
 
     model = _load(model_path, values=False)
     console = Console(highlight=False)
     if console.is_terminal:
         view = summary_table(model, console.width)
     else:  # files and pipes get every column, as wide as the names need
-        from rich.measure import Measurement
-
-        console = _console()
         view = summary_table(model)
-        unbounded = console.options.update(max_width=100_000)
-        needed = Measurement.get(console, unbounded, view).maximum
-        console = Console(width=max(console.width, needed), highlight=False)
+        console = Console(width=max(_console().width, view_width(view)), highlight=False)
     console.print(view)
     if explain_shapes:
         console.print(shape_walk_view(model))

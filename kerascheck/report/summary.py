@@ -19,6 +19,7 @@ from rich.text import Text
 from ..engine.layers import conv, pooling
 from ..engine.layers.recurrent import stateful_layers
 from ..shape_walk import walk
+from .grid import grid, width_of
 from .names import cell, display
 from .tables import _names, _shape
 
@@ -26,40 +27,75 @@ from .tables import _names, _shape
 WIDE = 120
 
 
-def summary_table(model, width: int | None = None) -> Group:
-    """The table; `width` is the terminal's (None: a file or a wide terminal)."""
+def summary_table(model, width: int | None = None):
+    """The table and its footer; `width` is the terminal's (None: a file, any width).
+
+    A table of one-line rows that fits is drawn directly (`grid`); one that does not
+    fit a wide terminal, and the stacked layout of a narrow one, are rich Tables."""
     spec = model.spec
-    wide = width is None or width >= WIDE
-    table = Table(
-        title=cell(
-            f"{display(spec.name)} ({display(spec.class_name)}, "
-            f"saved by Keras {display(spec.keras_version)})",
-            None,
-        ),
-        title_justify="left",
-        show_lines=not wide,  # stacked cells: a rule between layers
+    title = cell(
+        f"{display(spec.name)} ({display(spec.class_name)}, "
+        f"saved by Keras {display(spec.keras_version)})",
+        None,
     )
     functional = spec.class_name != "Sequential"
-    if wide:
-        table.add_column("layer")
-        table.add_column("class")
-        for name in ("output shape", "window", "weights"):
-            table.add_column(name, no_wrap=True)
-        table.add_column("params", justify="right", no_wrap=True)
-        table.add_column("data format")
-        if functional:
-            table.add_column("inputs from")
-    else:
-        table.add_column("layer (class)", overflow="fold")
-        table.add_column("output shape", overflow="fold")
-        table.add_column("window, weights, params", overflow="fold")
+    rows = list(_rows(model, functional))
+    footer = Text(
+        f"Total params: {model.param_count():,}    "
+        f"Outputs: {_names(_ref_name(r) for r in spec.outputs)}"
+    )
+    stateful = stateful_layers(spec)
+    if stateful:
+        footer.append(f"\nstateful: states reset before the run ({_names(stateful)})")
+    if width is None or width >= WIDE:
+        headers = [*WIDE_COLUMNS, *(["inputs from"] if functional else [])]
+        cells = [[*row.cells, *([row.sources] if functional else [])] for row in rows]
+        drawn = grid(
+            headers, cells, right=frozenset({WIDE_COLUMNS.index("params")}), max_width=width
+        )
+        if drawn is not None:
+            title.stylize("italic")
+            return Group(title, drawn, footer)
+        table = Table(title=title, title_justify="left")
+        for name in headers:
+            no_wrap = name in ("output shape", "window", "weights", "params")
+            table.add_column(name, no_wrap=no_wrap, justify="right" if name == "params" else "left")
+        for row in cells:
+            table.add_row(*row)
+        return Group(table, footer)
+    table = Table(title=title, title_justify="left", show_lines=True)  # a rule between layers
+    table.add_column("layer (class)", overflow="fold")
+    table.add_column("output shape", overflow="fold")
+    table.add_column("window, weights, params", overflow="fold")
+    for row in rows:
+        name, class_name, shape, *details, data_format = row.cells
+        label = Text.assemble(name, "\n", _dim(class_name.copy()))
+        if functional and row.sources.plain != "-":
+            label.append(f"\n← {row.sources.plain}", style="dim")
+        if data_format.plain == "channels_first":
+            details[0] = Text(f"{details[0].plain} channels_first".strip(" -"))
+        lines = [d.plain for d in details if d.plain != "-"]
+        table.add_row(label, shape, "\n".join(lines))
+    return Group(table, footer)
+
+
+WIDE_COLUMNS = ["layer", "class", "output shape", "window", "weights", "params", "data format"]
+
+
+class _Row:
+    """One line of the summary: the wide columns as Text, and the call's sources."""
+
+    def __init__(self, cells, sources):
+        self.cells = [c if isinstance(c, Text) else Text(c) for c in cells]
+        self.sources = Text(sources)
+
+
+def _rows(model, functional):
+    spec = model.spec
     for inp in spec.inputs:
-        shape = _shape((None, *inp.shape))
-        if wide:
-            row = [cell(inp.name), "InputLayer", shape, "-", "-", "0", "-"]
-            table.add_row(*(row + ["-"] if functional else row))
-        else:
-            table.add_row(Text.assemble(cell(inp.name), "\n", ("InputLayer", "dim")), shape, "0")
+        yield _Row(
+            [cell(inp.name), "InputLayer", _shape((None, *inp.shape)), "-", "-", "0", "-"], "-"
+        )
     owner: dict[str, str] = {}
     for call in spec.calls:
         layer = model.graph.layers[call.layer]
@@ -70,28 +106,15 @@ def summary_table(model, width: int | None = None) -> Group:
             weight_shapes(layer) if shared is None else "",
             param_formula(layer, shared),
         ]
-        shape = _shape(model.output_shapes[call.name])
         data_format = layer.config.get("data_format") or "-"
-        sources = _names(_ref_name(r) for r in call.inputs)
-        if wide:
-            row = [cell(call.name), cell(layer.class_name), shape]
-            row += [d or "-" for d in details] + [cell(data_format)]
-            table.add_row(*(row + [sources] if functional else row))
-            continue
-        name = Text.assemble(cell(call.name), "\n", _dim(cell(layer.class_name)))
-        if functional:
-            name.append(f"\n← {sources}", style="dim")
-        if data_format == "channels_first":
-            details[0] = f"{details[0]} channels_first".strip()
-        table.add_row(name, shape, "\n".join(d for d in details if d))
-    footer = Text(
-        f"Total params: {model.param_count():,}    "
-        f"Outputs: {_names(_ref_name(r) for r in spec.outputs)}"
-    )
-    stateful = stateful_layers(spec)
-    if stateful:
-        footer.append(f"\nstateful: states reset before the run ({_names(stateful)})")
-    return Group(table, footer)
+        cells = [cell(call.name), cell(layer.class_name), _shape(model.output_shapes[call.name])]
+        cells += [d or "-" for d in details] + [cell(data_format)]
+        yield _Row(cells, _names(_ref_name(r) for r in call.inputs) if functional else "-")
+
+
+def view_width(view: Group) -> int:
+    """The columns a summary view needs to print without wrapping."""
+    return max(width_of(part) for part in view.renderables)
 
 
 def _dim(text: Text) -> Text:
