@@ -9,7 +9,8 @@ TensorFlow cannot differentiate.
 - Nested Dropout: the masks Keras drew inside the nested model are recorded and the
   engine replays them; a random layer whose draw cannot be recorded is refused.
 - UpSampling2D(interpolation="area"): TensorFlow has no gradient for ResizeArea, so
-  `grad` exits 2 with one line naming the layer.
+  `grad` exits 2 with one line naming the layer; a tf_keras channels-first max pooling,
+  whose gradient kernel TensorFlow's CPU build lacks, exits 2 naming the op.
 """
 
 from __future__ import annotations
@@ -207,6 +208,23 @@ def test_resize_area_has_no_tensorflow_gradient_and_exits_2_naming_the_layer(tmp
         grad_model(
             path, kerascheck.load(path), [make_input((2, 3, 4, 2))], [make_input((2, 6, 12, 2))]
         )
+
+
+def test_a_tensorflow_kernel_failing_in_the_backward_is_one_line_exit_2(tmp_path):
+    k = keras_module("tf_keras")
+    model = k.Sequential(
+        [k.Input((2, 4, 4)), k.layers.MaxPooling2D(data_format="channels_first", name="pool")]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    path = _save(model, tmp_path, "tf_keras", "nchw_pool")
+    np.save(tmp_path / "x.npy", make_input((2, 2, 4, 4)))
+    np.save(tmp_path / "y.npy", make_input((2, 2, 2, 2), seed=1))
+    out = CliRunner().invoke(main, ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+    assert out.exit_code == 2, out.output
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "TensorFlow failed in MaxPoolGrad" in lines[0] and "NHWC" in lines[0]
+    assert "internal error" not in lines[0] and "function_node" not in lines[0]
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)

@@ -43,9 +43,20 @@ def relu6(x):
 
 
 def sigmoid(x):
-    e = np.exp(-np.abs(x))
-    one = _c(x, 1.0)
-    return np.where(x >= 0, one / (one + e), e / (one + e))
+    """`1 / (1 + exp(-x))` in four in-place passes; below about -88 (float32) `exp`
+    overflows to inf and the result is its exact limit 0. float16, whose `exp`
+    overflows already at -11 where sigmoid is still 1.7e-5, takes `exp(-|x|)` (as do
+    scalars)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64) or x.ndim == 0:
+        e = np.exp(-np.abs(x))
+        one = _c(x, 1.0)
+        return np.where(x >= 0, one / (one + e), e / (one + e))
+    y = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(y, out=y)
+    y += _c(x, 1.0)
+    return np.reciprocal(y, out=y)
 
 
 def hard_sigmoid_keras3(x):
@@ -186,7 +197,9 @@ def gelu(x, approximate=False):
 
 
 def swish(x):
-    return x * sigmoid(x)
+    y = sigmoid(x)
+    y *= x
+    return y
 
 
 def mish(x):

@@ -211,6 +211,8 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
         grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.NONE)
     except LookupError as exc:
         raise _no_gradient_error(exc, spec) from None
+    except Exception as exc:  # a TensorFlow kernel refusing (NCHW MaxPoolGrad on a CPU)
+        raise _kernel_error(exc) from None
     out_grads, in_grads, var_grads, logit_grads = grads
     result = KerasGradients(
         loss=float(np.asarray(loss)),
@@ -256,6 +258,21 @@ def _no_gradient_error(exc: LookupError, spec) -> KerascheckError:
     return KerascheckError(
         f"Keras cannot compute gradients: TensorFlow has no gradient for {op}{where}; "
         "`grad` and `train-step` need a differentiable model"
+    )
+
+
+def _kernel_error(exc: Exception) -> KerascheckError:
+    """A TensorFlow op failing in the backward pass, as one line: its own message without
+    the function-node prefix, naming the op (`[Op:MaxPoolGrad]`)."""
+    import re
+
+    text = " ".join(str(exc).split())
+    op = re.search(r"\[Op:(\w+)\]", text)
+    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", re.sub(r"\s*\[Op:.*$", "", text))
+    found = f" in {op.group(1)}" if op else ""
+    return KerascheckError(
+        f"Keras cannot compute gradients: TensorFlow failed{found} ({text[:200]}); "
+        "kerascheck needs Keras' own gradients as the reference"
     )
 
 

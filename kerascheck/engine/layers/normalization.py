@@ -74,9 +74,10 @@ def normalize(x, mean, variance, epsilon, gamma=None, beta=None):
     inv = _c(x, 1.0) / np.sqrt(variance + _c(x, epsilon))
     if gamma is not None:
         inv = inv * gamma
-    y = (x - mean) * inv
+    y = np.subtract(x, mean)  # one new array, then in place
+    y *= inv
     if beta is not None:
-        y = y + beta
+        y += beta
     return y.astype(x.dtype, copy=False)
 
 
