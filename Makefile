@@ -34,7 +34,7 @@ samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_forward.py --only seed000_regressor seed004_cnn MobileNetV2 ResNet50 VGG16 --batches 16
 	$(BIN)/python bench/bench_grad.py
 
 fuzz: $(STAMP)

@@ -25,6 +25,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the oracle runs it (channels-first)
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def best(repeat: int, fn, *args, **kwargs) -> float:
         *args, **kwargs
     )  # warm-up: tracing, BLAS start-up and first allocations are not the steady state
     times = []
-    for _ in range(repeat):
+    while len(times) < repeat or (sum(times) < 0.5 and len(times) < 50):  # ms calls: more
         start = time.perf_counter()
         fn(*args, **kwargs)
         times.append(time.perf_counter() - start)
@@ -139,7 +140,10 @@ def main() -> int:
     parser.add_argument("--gflops", action="store_true", help="also the conv GFLOP/s table")
     args = parser.parse_args()
     names = [n for n in (args.only or [*SEEDS, *ZOO]) if n != "none"]
-    print(f"load average {os.getloadavg()[0]:.1f}; best of {args.repeat}; engine / faster Keras")
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; best of {args.repeat} (of up to 50 under 0.5 s); "
+        "engine / faster Keras"
+    )
     print(
         f"{'model':<22} {'batch':>5} {'input':<15} {'engine s':>9} {'predict':>9} "
         f"{'tf.func':>9} {'ratio':>9} {'max diff':>9}"
@@ -147,7 +151,10 @@ def main() -> int:
     ratios = {}
     with tempfile.TemporaryDirectory() as workdir:
         for name, path in models(names, args.size, workdir):
-            ratios[name] = measure(name, path, args.batches, args.repeat)
+            try:
+                ratios[name] = measure(name, path, args.batches, args.repeat)
+            except Exception as exc:  # one model Keras cannot run must not stop the table
+                print(f"{name:<22} error: {type(exc).__name__}: {' '.join(str(exc).split())}"[:200])
         for batch in args.batches if ratios else ():
             row = {name: r[batch] for name, r in ratios.items()}
             worst = max(row, key=row.get)

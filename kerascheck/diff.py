@@ -118,13 +118,12 @@ def diff_model(
     own = {name: CallStats() for name, _ in rows} if layer_wise else None
     truth = {name: (CallStats(), CallStats()) for name, _ in rows} if float64 else None
     starts = list(range(0, max(total, 1), step))
-    engine_seconds, graph_check = 0.0, 0.0
+    graph_check = 0.0
     collected: dict[str, list] = {}
     for number, offset in enumerate(starts):
         batch = [np.asarray(a[offset : offset + step]) for a in inputs]
         start = time.perf_counter()
         ours, ours_outputs, ours_masks = _engine_batch(model, batch, layer_wise)
-        engine_seconds += time.perf_counter() - start
         phases.add("engine", time.perf_counter() - start)
         start = time.perf_counter()
         keras_outputs, keras_calls, check = runner.run_batch(batch, keep=layer_wise)
@@ -193,7 +192,7 @@ def diff_model(
         oracle_version=runner.version,
         comparison=comparison,
         layer_wise=layer_wise,
-        engine_seconds=engine_seconds,
+        engine_seconds=phases.seconds.get("engine", 0.0),
         keras_seconds=runner.seconds,
         graph_check=graph_check,
         batch=total,

@@ -78,9 +78,13 @@ class Phases:
         return time.perf_counter() - self.started
 
     def summary(self) -> str:
-        """`read 0.41s, TensorFlow start-up 4.1s, ...; wall 9.3s`."""
-        parts = [f"{name} {seconds:.2f}s" for name, seconds in self.seconds.items()]
-        return ", ".join(parts + [f"wall {self.wall():.2f}s"])
+        return format_phases(self.seconds, self.wall())
+
+
+def format_phases(seconds: dict[str, float], wall: float | None) -> str:
+    """`read 0.41s, TensorFlow start-up 4.10s, ..., wall 9.30s`."""
+    parts = [f"{name} {value:.2f}s" for name, value in seconds.items()]
+    return ", ".join(parts + ([f"wall {wall:.2f}s"] if wall is not None else []))
 
 
 def _live_progress():

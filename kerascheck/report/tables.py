@@ -203,10 +203,9 @@ def _timings(result: DiffResult) -> str:
     """Where the wall time went, phase by phase (see progress.Phases)."""
     if not result.timings:
         return f"engine {result.engine_seconds:.3f}s, keras {result.keras_seconds:.3f}s"
-    parts = [f"{name} {seconds:.2f}s" for name, seconds in result.timings.items()]
-    if result.wall_seconds is not None:
-        parts.append(f"wall {result.wall_seconds:.2f}s")
-    return ", ".join(parts)
+    from ..progress import format_phases
+
+    return format_phases(result.timings, result.wall_seconds)
 
 
 def _diff_columns(result: DiffResult, shown: list) -> dict[str, _Column]:

@@ -155,6 +155,8 @@ class _MaxPooling(_Pooling):
         first, shape = self.first_cell(winners), x.shape
 
         def backward(dy):
+            if tuple(self.strides) == tuple(self.pool_size):
+                return self.crop(shape, self.tiles_gradient(first, dy, shape))
             # One bincount adds what overlapping windows send to a shared cell.
             starts, offsets = self.cell_index(shape)
             padded_shape = self.padded_shape(shape)
@@ -164,6 +166,20 @@ class _MaxPooling(_Pooling):
             return self.crop(shape, flat.reshape(padded_shape))
 
         return y, backward
+
+    def tiles_gradient(self, first, dy, shape):
+        """The padded input's gradient when windows tile it (strides = pool size, the
+        common 2x2 s2): each tile gets dy at its first maximum and zeros elsewhere, written
+        in one pass through a reshape of the tiled region; nothing overlaps to add up."""
+        r, size = self.rank, int(np.prod(self.pool_size))
+        out = dy.shape[1 : r + 1]
+        tiles = (first[..., None] == np.arange(size)) * dy[..., None]  # (B, *out, C, taps)
+        tiles = tiles.reshape(*tiles.shape[:-1], *self.pool_size)
+        order = [0, *(a for i in range(r) for a in (1 + i, r + 2 + i)), r + 1]
+        grad = np.zeros(self.padded_shape(shape), dtype=dy.dtype)
+        region = grad[(slice(None), *(slice(0, o * k) for o, k in zip(out, self.pool_size)))]
+        region[...] = tiles.transpose(order).reshape(region.shape)
+        return grad
 
     def first_cell(self, flags):
         """Row-major index of each window's first True cell (`argmax` of the flat window).
