@@ -76,3 +76,12 @@ def test_replay_disagreeing_with_the_whole_model_is_an_oracle_error(tmp_path, mo
             assert "MISMATCH" not in result.stdout
         else:
             assert "oracle error" in result.output
+
+
+def test_keras_messages_lose_terminal_formatting_and_fit_one_line():
+    """Keras bolds parts of some messages with ANSI escapes; kerascheck's one error line
+    drops them rather than showing `\\x1b[1m` as text."""
+    exc = ValueError("\x1b[1mInvalid value for argument `interpolation`.\x1b[0m\n  Received: x")
+    text = kerascheck.oracle.keras_message(exc)
+    assert text == "Invalid value for argument `interpolation`. Received: x"
+    assert len(kerascheck.oracle.keras_message(ValueError("y" * 1000))) == 300

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import sys
 import time
 import warnings
@@ -140,6 +141,17 @@ def _import(flavor: str):
     return module
 
 
+# Keras formats some messages for a terminal (`\x1b[1m...\x1b[0m`): the escape sequences
+# are dropped, not shown as `\x1b` text, in the one line kerascheck prints.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def keras_message(exc: BaseException, limit: int = 300) -> str:
+    """A Keras or TensorFlow exception's text as one line: whitespace runs collapsed,
+    terminal formatting dropped, at most `limit` characters."""
+    return " ".join(_ANSI.sub("", str(exc)).split())[:limit]
+
+
 def load_keras_model(path: str, flavor: str, compile: bool = False):
     """Load with the chosen Keras, safe mode on; a failure is reported, not raised raw."""
     module = _import(flavor)
@@ -149,7 +161,7 @@ def load_keras_model(path: str, flavor: str, compile: bool = False):
                 path, compile=compile, safe_mode=True, custom_objects=_application_layers(flavor)
             )
     except Exception as exc:  # Keras raises many types for files it cannot read
-        message = " ".join(str(exc).split())[:400]
+        message = keras_message(exc, 400)
         raise KerascheckError(
             f"{flavor} {module.__version__} cannot load {path}: {type(exc).__name__}: {message}"
         )
@@ -292,7 +304,7 @@ def _replay(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
                 first = first[0]
             output = layer(first, *args, **kwargs)
         except Exception as exc:
-            message = " ".join(str(exc).split())[:300]
+            message = keras_message(exc)
             raise KerascheckError(
                 f"Keras failed to run layer '{call.layer}' ({type(layer).__name__}): {message}"
             )

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import KerascheckError
 from ..loading.spec import ModelSpec, resolve
-from . import _flat, _import, _numpy, _operations, load_keras_model
+from . import _flat, _import, _numpy, _operations, keras_message, load_keras_model
 
 ADDITIVE_NOISE = {"GaussianNoise"}
 ATTENTION = {
@@ -88,7 +88,7 @@ class KerasGradientRunner:
         try:
             self.model.compile(optimizer=chosen, loss=loss, loss_weights=loss_weights)
         except Exception as exc:
-            message = " ".join(str(exc).split())[:300]
+            message = keras_message(exc)
             raise KerascheckError(f"{flavor} cannot compile the loss {loss!r}: {message}")
 
     def gradients(self, arrays, targets, sample_weight=None, training=True, noise_calls=()):
@@ -162,7 +162,7 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
                 else:
                     output = layer(argument, *args, **kwargs)
             except Exception as exc:
-                message = " ".join(str(exc).split())[:300]
+                message = keras_message(exc)
                 raise KerascheckError(
                     f"Keras failed to run layer '{call.layer}' ({type(layer).__name__}) "
                     f"in {'training' if training else 'inference'} mode: {message}"
@@ -180,7 +180,7 @@ def _taped_pass(runner, arrays, targets, sample_weight, training, noise_calls):
         try:
             loss = _compute_loss(runner, model, arrays, y, y_pred, weights)
         except Exception as exc:
-            message = " ".join(str(exc).split())[:300]
+            message = keras_message(exc)
             raise KerascheckError(f"Keras cannot compute the loss: {message}")
 
     call_outputs = [values[(c.layer, c.index)] for c in spec.calls]
@@ -247,7 +247,7 @@ def _no_gradient_error(exc: LookupError, spec) -> KerascheckError:
     found = re.search(r"no entry for:?\s*(\w+)", str(exc))
     op = found.group(1) if found else None
     if op is None:
-        message = " ".join(str(exc).split())[:300]
+        message = keras_message(exc)
         return KerascheckError(f"Keras cannot compute gradients: {message}")
     test = NO_GRADIENT_OPS.get(op)
     names = [n for n, layer in _all_layers(spec) if test is not None and test(layer)]
@@ -266,7 +266,7 @@ def _kernel_error(exc: Exception) -> KerascheckError:
     the function-node prefix, naming the op (`[Op:MaxPoolGrad]`)."""
     import re
 
-    text = " ".join(str(exc).split())
+    text = keras_message(exc, 10_000)
     op = re.search(r"\[Op:(\w+)\]", text)
     text = re.sub(r"^\{\{[^}]*\}\}\s*", "", re.sub(r"\s*\[Op:.*$", "", text))
     found = f" in {op.group(1)}" if op else ""
@@ -307,7 +307,7 @@ def _deserialize_optimizer(module, config):
     try:
         return module.optimizers.deserialize(config)
     except Exception as exc:
-        message = " ".join(str(exc).split())[:300]
+        message = keras_message(exc)
         raise KerascheckError(f"Keras cannot build the optimizer {config!r}: {message}")
 
 
