@@ -130,7 +130,7 @@ def diff_model(
         phases.add("Keras", time.perf_counter() - start)
         start = time.perf_counter()
         graph_check = max(graph_check, check)
-        theirs = keras_calls if layer_wise else dict(zip(_output_names(spec), keras_outputs))
+        theirs = keras_calls if layer_wise else dict(zip(spec.output_names, keras_outputs))
         for name, _ in rows:
             carried[name].update(ours[name], theirs[name], offset)
         if ends is not None:
@@ -314,7 +314,7 @@ def _output_rows(spec: ModelSpec) -> list[tuple[str, str]]:
     """(output name, class name of the layer that computes it), in output order."""
     return [
         (name, getattr(spec.layers.get(ref.layer), "class_name", "InputLayer"))
-        for name, ref in zip(_output_names(spec), spec.outputs)
+        for name, ref in zip(spec.output_names, spec.outputs)
     ]
 
 
@@ -322,7 +322,7 @@ def _engine_batch(model: EngineModel, batch: list[np.ndarray], layer_wise: bool)
     """({row name: output}, {model output name: output}, masks) of one engine batch."""
     arrays = [np.asarray(a, dtype=model.context.dtype) if a.dtype.kind == "f" else a for a in batch]
     outputs, per_call = model.graph.run(arrays, keep=layer_wise)
-    named = dict(zip(_output_names(model.spec), outputs))
+    named = dict(zip(model.spec.output_names, outputs))
     if layer_wise:
         return per_call, named, model.graph.masks
     return named, named, {}
@@ -402,11 +402,3 @@ def _float64(values):
     if isinstance(values, (list, tuple)):
         return [_float64(v) for v in values]
     return values.astype(np.float64) if values.dtype.kind == "f" else values
-
-
-def _output_names(spec) -> list[str]:
-    names = []
-    for ref in spec.outputs:
-        name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
-        names.append(name if ref.tensor == 0 else f"{name}[{ref.tensor}]")
-    return names

@@ -10,14 +10,10 @@ from .errors import KerascheckError
 from .loading.spec import ModelSpec
 
 
-def output_names(spec: ModelSpec) -> list[str]:
-    return [ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}" for ref in spec.outputs]
-
-
 def read_targets(path: str, spec: ModelSpec) -> list[np.ndarray]:
     """`.npy` for a one-output model; `.npz` keyed by output name (or arr_0, arr_1, ...)."""
     loaded = _load(path, "TARGET")
-    names = output_names(spec)
+    names = spec.output_names
     if isinstance(loaded, np.ndarray):
         if len(names) != 1:
             raise KerascheckError(

@@ -185,6 +185,27 @@ def test_cli_wrong_target_shape_names_both_shapes(files):
     assert "(batch, 3)" in out.output and "(8, 4)" in out.output
 
 
+def test_targets_of_a_layer_with_two_outputs_are_keyed_layer_and_layer_1(tmp_path):
+    """GRU(return_state=True) gives the sequence and the state: an .npz names them `gru`
+    and `gru[1]` (one key each); a single .npy is refused naming both."""
+    k = keras_module("keras")
+    x_in = k.Input((5, 3))
+    seq, state = k.layers.GRU(4, return_sequences=True, return_state=True, name="gru")(x_in)
+    model = k.Model(x_in, [seq, state])
+    model.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "gru.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", make_input((3, 5, 3)))
+    np.save(tmp_path / "y.npy", make_input((3, 5, 4), seed=1))
+    args = ["grad", path, str(tmp_path / "x.npy")]
+    out = CliRunner().invoke(main, [*args, str(tmp_path / "y.npy")])
+    assert out.exit_code == 2 and "['gru', 'gru[1]']" in out.stderr, out.output
+    targets = {"gru": make_input((3, 5, 4), seed=1), "gru[1]": make_input((3, 4), seed=2)}
+    np.savez(tmp_path / "y.npz", **targets)
+    out = CliRunner().invoke(main, [*args, str(tmp_path / "y.npz")])
+    assert out.exit_code == 0, out.output
+
+
 def test_cli_without_a_compiled_loss_asks_for_one(tmp_path):
     k = keras_module("keras")
     model = k.Sequential([k.Input((4,)), k.layers.Dense(2)])

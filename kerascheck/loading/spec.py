@@ -19,6 +19,13 @@ class TensorRef:
     call: int = 0
     tensor: int = 0
 
+    @property
+    def name(self) -> str:
+        """`layer`, `layer#1` for a layer's second call, `layer[1]` for its second output
+        (the names reports and `.npz` keys use)."""
+        name = self.layer if self.call == 0 else f"{self.layer}#{self.call}"
+        return name if self.tensor == 0 else f"{name}[{self.tensor}]"
+
 
 @dataclass
 class CallSpec:
@@ -108,6 +115,10 @@ class ModelSpec:
     # False when read with `read_model(values=False)`: weights are zeros of the
     # stored shapes, good for shapes and counts, never for running.
     values: bool = True
+
+    @property
+    def output_names(self) -> list[str]:
+        return [ref.name for ref in self.outputs]
 
     @property
     def keras_major(self) -> int:

@@ -41,8 +41,7 @@ def summary_table(model, width: int | None = None):
     functional = spec.class_name != "Sequential"
     rows = list(_rows(model, functional))
     footer = Text(
-        f"Total params: {model.param_count():,}    "
-        f"Outputs: {_names(_ref_name(r) for r in spec.outputs)}"
+        f"Total params: {model.param_count():,}    Outputs: {_names(r.name for r in spec.outputs)}"
     )
     stateful = stateful_layers(spec)
     if stateful:
@@ -109,7 +108,7 @@ def _rows(model, functional):
         data_format = layer.config.get("data_format") or "-"
         cells = [cell(call.name), cell(layer.class_name), _shape(model.output_shapes[call.name])]
         cells += [d or "-" for d in details] + [cell(data_format)]
-        yield _Row(cells, _names(_ref_name(r) for r in call.inputs) if functional else "-")
+        yield _Row(cells, _names(r.name for r in call.inputs) if functional else "-")
 
 
 def view_width(view: Group) -> int:
@@ -120,11 +119,6 @@ def view_width(view: Group) -> int:
 def _dim(text: Text) -> Text:
     text.stylize("dim")
     return text
-
-
-def _ref_name(ref) -> str:
-    name = ref.layer if ref.call == 0 else f"{ref.layer}#{ref.call}"
-    return name if ref.tensor == 0 else f"{name}[{ref.tensor}]"
 
 
 def shape_walk_view(model) -> Group:
