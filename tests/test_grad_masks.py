@@ -189,6 +189,15 @@ def test_nested_random_layer_that_cannot_be_replayed_is_refused(flavor, name, tm
     assert CliRunner().invoke(main, [*args, "--mode", "inference"]).exit_code == 0
 
 
+def _grad_error_line(path, tmp_path) -> str:
+    """`kerascheck grad` of the model on tmp_path's x.npy and y.npy: exit 2, one line."""
+    out = CliRunner().invoke(main, ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+    assert out.exit_code == 2, out.output
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    return lines[0]
+
+
 def test_resize_area_has_no_tensorflow_gradient_and_exits_2_naming_the_layer(tmp_path):
     k = keras_module("keras")
     model = k.Sequential(
@@ -198,12 +207,9 @@ def test_resize_area_has_no_tensorflow_gradient_and_exits_2_naming_the_layer(tmp
     path = _save(model, tmp_path, "keras", "area")
     np.save(tmp_path / "x.npy", make_input((2, 3, 4, 2)))
     np.save(tmp_path / "y.npy", make_input((2, 6, 12, 2), seed=1))
-    out = CliRunner().invoke(main, ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
-    assert out.exit_code == 2, out.output
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    assert "TensorFlow has no gradient for ResizeArea" in lines[0]
-    assert "layer 'up')" in lines[0] and "internal error" not in lines[0]
+    line = _grad_error_line(path, tmp_path)
+    assert "TensorFlow has no gradient for ResizeArea" in line
+    assert "layer 'up')" in line and "internal error" not in line
     with pytest.raises(KerascheckError, match="no gradient for ResizeArea"):
         grad_model(
             path, kerascheck.load(path), [make_input((2, 3, 4, 2))], [make_input((2, 6, 12, 2))]
@@ -219,12 +225,9 @@ def test_a_tensorflow_kernel_failing_in_the_backward_is_one_line_exit_2(tmp_path
     path = _save(model, tmp_path, "tf_keras", "nchw_pool")
     np.save(tmp_path / "x.npy", make_input((2, 2, 4, 4)))
     np.save(tmp_path / "y.npy", make_input((2, 2, 2, 2), seed=1))
-    out = CliRunner().invoke(main, ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
-    assert out.exit_code == 2, out.output
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    assert "TensorFlow failed in MaxPoolGrad" in lines[0] and "NHWC" in lines[0]
-    assert "internal error" not in lines[0] and "function_node" not in lines[0]
+    line = _grad_error_line(path, tmp_path)
+    assert "TensorFlow failed in MaxPoolGrad" in line and "NHWC" in line
+    assert "internal error" not in line and "function_node" not in line
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)

@@ -29,6 +29,7 @@ weights (where a weight is exactly 0, its mask changes nothing).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -242,8 +243,6 @@ NO_GRADIENT_OPS = {
 def _no_gradient_error(exc: LookupError, spec) -> KerascheckError:
     """TensorFlow's "gradient registry has no entry for: OP" as one clear line, naming the
     layers that run that op."""
-    import re
-
     found = re.search(r"no entry for:?\s*(\w+)", str(exc))
     op = found.group(1) if found else None
     if op is None:
@@ -264,8 +263,6 @@ def _no_gradient_error(exc: LookupError, spec) -> KerascheckError:
 def _kernel_error(exc: Exception) -> KerascheckError:
     """A TensorFlow op failing in the backward pass, as one line: its own message without
     the function-node prefix, naming the op (`[Op:MaxPoolGrad]`)."""
-    import re
-
     text = keras_message(exc, 10_000)
     op = re.search(r"\[Op:(\w+)\]", text)
     text = re.sub(r"^\{\{[^}]*\}\}\s*", "", re.sub(r"\s*\[Op:.*$", "", text))

@@ -2,8 +2,8 @@
 
 Windowed pooling pads, takes one strided window view (windows.py) and reduces
 the window axes in a single NumPy reduction (max pooling of few channels: one
-`np.maximum` pass per window cell instead, see FEW_CHANNELS). Two details decide agreement with
-TensorFlow (whose kernels both Keras 2 and Keras 3 call):
+`np.maximum` pass per window cell instead, see FEW_CHANNELS). Two details decide
+agreement with TensorFlow (whose kernels both Keras 2 and Keras 3 call):
 
 - max pooling pads with -inf, so a padded cell never wins;
 - average pooling with `same` divides each window by the number of real
@@ -123,9 +123,14 @@ class _Pooling(Layer):
         grad = np.zeros(self.padded_shape(shape), dtype=shares.dtype)
         out = shares.shape[1 : self.rank + 1]
         for cell in np.ndindex(*self.pool_size):
-            rows = [slice(k, k + s * (n - 1) + 1, s) for k, s, n in zip(cell, self.strides, out)]
-            grad[(slice(None), *rows)] += shares[(Ellipsis, *cell)]
+            grad[self.cell_slices(cell, out)] += shares[(Ellipsis, *cell)]
         return self.crop(shape, grad)
+
+    def cell_slices(self, cell, out):
+        """Where cell `cell` of every window lies in the padded input, as one strided
+        slice per axis (`out` windows along each)."""
+        rows = [slice(k, k + s * (n - 1) + 1, s) for k, s, n in zip(cell, self.strides, out)]
+        return (slice(None), *rows)
 
     @property
     def window_axes(self):
@@ -156,8 +161,7 @@ class _MaxPooling(_Pooling):
         padded = windows.pad_spatial(x, self.pads(x.shape[1:-1]), -np.inf)
         y = None
         for cell in np.ndindex(*self.pool_size):
-            rows = [slice(k, k + s * (n - 1) + 1, s) for k, s, n in zip(cell, self.strides, out)]
-            taps = padded[(slice(None), *rows)]
+            taps = padded[self.cell_slices(cell, out)]
             y = taps.copy() if y is None else np.maximum(y, taps, out=y)
         return y
 
@@ -174,7 +178,7 @@ class _MaxPooling(_Pooling):
         first, shape = self.first_cell(winners), x.shape
 
         def backward(dy):
-            if tuple(self.strides) == tuple(self.pool_size):
+            if self.strides == self.pool_size:
                 return self.crop(shape, self.tiles_gradient(first, dy, shape))
             # One bincount adds what overlapping windows send to a shared cell.
             starts, offsets = self.cell_index(shape)
