@@ -3,12 +3,16 @@
 A cell is a plain object (not a Layer) that declares its weights and computes
 one time step; every recurrent layer is the same time loop (`run_sequence`)
 around one cell, so masks, `go_backwards`, `return_state` and initial states
-are handled once. The loop runs over time steps only; each step is one
-batched matmul (or, for ConvLSTM, conv.py's `correlate`).
+are handled once. The input's part of every step (`x @ kernel + bias`, or
+ConvLSTM's input convolution) is one product over the whole sequence
+(`project_vjp`); the loop runs over time steps only, one batched recurrent
+matmul (or conv.py's `correlate`) per step.
 
 Each cell's `step_vjp` returns the step's backward with its gate values;
 `run_sequence_vjp` keeps them and runs backpropagation through time, so the
-forward (`step`, `run_sequence`) and the backward share one computation.
+forward and the backward share one computation. The recurrent kernel's
+gradient, a sum of one product per step, is formed once from all steps
+(`Outer`, `GradientSum`), as is the input kernel's.
 
 Masking follows the TensorFlow backend's `rnn` (keras/src/backend/tensorflow/
 rnn.py, tf_keras/src/backend.py): at a masked step the states are carried
@@ -24,6 +28,8 @@ LSTM/GRU's mask over the whole input sequence, applied before the loop.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,8 +51,47 @@ NEEDS_MASKS = (
 # -- cells ----------------------------------------------------------------------
 
 
+class Outer(NamedTuple):
+    """A step's weight gradient `a.T @ b` (`b` summed over rows when `a` is None), left
+    unevaluated: the time loop sums a term over all steps in one product."""
+
+    a: np.ndarray | None
+    b: np.ndarray
+
+
+class GradientSum:
+    """Weight gradients summed over time steps, each name's `Outer` terms in one matmul."""
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.outers: dict = {}
+
+    def add(self, grads: dict) -> None:
+        for name, g in grads.items():
+            if isinstance(g, Outer):
+                self.outers.setdefault(name, []).append(g)
+            else:
+                self.sums[name] = g if name not in self.sums else self.sums[name] + g
+
+    def total(self) -> dict:
+        total = dict(self.sums)
+        for name, terms in self.outers.items():
+            b = np.concatenate([term.b for term in terms])
+            if terms[0].a is None:
+                g = b.sum(axis=0)
+            else:
+                g = np.concatenate([term.a for term in terms]).T @ b
+            total[name] = g if name not in total else total[name] + g
+        return total
+
+
 class _Cell:
-    """One step of a recurrence; weights are bound by name after the layer checks them."""
+    """One step of a recurrence; weights are bound by name after the layer checks them.
+
+    A step is split in two: `project_vjp` computes the input's part of the
+    pre-activations (`x @ kernel + bias`, or the input convolution) for the whole
+    sequence at once, and `step_vjp` adds the recurrent part step by step.
+    """
 
     weight_names: tuple = ()
 
@@ -76,16 +121,6 @@ class _Cell:
     def zero_states(self, x_t: np.ndarray) -> list[np.ndarray]:
         return [np.zeros((x_t.shape[0], size), dtype=x_t.dtype) for size in self.state_sizes]
 
-    def step(self, x_t, states):
-        """(output, new states) for one time step."""
-        output, new_states, _ = self.step_vjp(x_t, states)
-        return output, new_states
-
-    def step_vjp(self, x_t, states):
-        """(output, new states, backward) for one time step; `backward(d_output,
-        d_new_states)` gives (dL/dx_t, [dL/d each previous state], {weight: grad})."""
-        raise NotImplementedError
-
     # Keras' dropout masks for this cell (input, recurrent), set by the layer for one
     # training-mode run: None, one array for every gate, or a list with one per gate.
     masks: tuple = (None, None)
@@ -94,30 +129,77 @@ class _Cell:
         """The cells that draw their own dropout masks, in Keras' order."""
         return [self]
 
-    def _linear_vjp(self, x_t, h_prev):
-        """`x_t @ kernel + bias + h_prev @ recurrent_kernel` with the dropout masks, and
-        its backward `dz -> (dL/dx_t, dL/dh_prev, {weight: grad})`."""
-        x_part, x_back = masked_linear(_matmul_vjp, x_t, self.w["kernel"], self.masks[0])
-        h_part, h_back = masked_linear(
-            _matmul_vjp, h_prev, self.w["recurrent_kernel"], self.masks[1]
-        )
-        z = x_part + h_part
-        if self.use_bias:
-            z = z + self.w["bias"]
+    def input_op(self, v, kernel):
+        """(v @ kernel, backward) on a batch of steps; ConvLSTM convolves."""
+        return _matmul_vjp(v, kernel)
 
-        def backward(dz):
-            dx, d_kernel = x_back(dz)
-            dh_prev, d_recurrent = h_back(dz)
-            grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
-            if self.use_bias:
-                grads["bias"] = dz.sum(axis=0)
-            return dx, dh_prev, grads
+    def input_bias(self) -> tuple[str, np.ndarray] | None:
+        """(gradient name, value) of the bias added to the input's part, if any."""
+        return ("bias", self.w["bias"]) if self.use_bias else None
 
-        return z, backward
+    def project_vjp(self, x):
+        """The input's part of every step's pre-activations for a sequence (B, T, ...)
+        under the input dropout mask, and its backward `dP -> (dL/dx, {weight: grad})`."""
+        steps = x.reshape(-1, *x.shape[2:])
+
+        def over_steps(mask):  # a (B, ...) mask, repeated for each time step
+            if mask is None:
+                return None
+            return np.broadcast_to(np.expand_dims(mask, 1), x.shape).reshape(steps.shape)
+
+        mask = self.masks[0]
+        mask = [over_steps(m) for m in mask] if isinstance(mask, list | tuple) else over_steps(mask)
+        p, back = masked_linear(self.input_op, steps, self.w["kernel"], mask)
+        bias = self.input_bias()
+        if bias is not None:
+            p += bias[1]
+
+        def backward(dp):
+            d_steps = dp.reshape(-1, *dp.shape[2:])
+            dx, d_kernel = back(d_steps)
+            grads = {"kernel": d_kernel}
+            if bias is not None:
+                grads[bias[0]] = d_steps.sum(axis=tuple(range(d_steps.ndim - 1)))
+            return dx.reshape(x.shape), grads
+
+        return p.reshape(*x.shape[:2], *p.shape[1:]), backward
+
+    def step_vjp(self, p_t, states):
+        """(output, new states, backward) for one time step from the input's part
+        `p_t`; `backward(d_output, d_new_states)` gives (dL/dp_t, [dL/d each previous
+        state], {weight: gradient or `Outer`})."""
+        raise NotImplementedError
+
+    def raw_step_vjp(self, x_t, states):
+        """`step_vjp` from the step's input itself (a stacked cell's input is the
+        previous cell's output); the backward gives dL/dx_t and every weight's gradient."""
+        p, project_backward = self.project_vjp(x_t[:, None])
+        output, new_states, step_backward = self.step_vjp(p[:, 0], states)
+
+        def backward(d_output, d_states):
+            dp, d_prev, grads = step_backward(d_output, d_states)
+            dx, project_grads = project_backward(dp[:, None])
+            return dx[:, 0], d_prev, {**grads, **project_grads}
+
+        return output, new_states, backward
+
+    def finish_grads(self, grads: dict) -> dict:
+        """The summed gradients under the weights' own names."""
+        return grads
 
 
 def _matmul_vjp(v, kernel):
     return np.matmul(v, kernel), lambda dy: (dy @ kernel.T, v.T @ dy)
+
+
+def _outer_matmul_vjp(v, kernel):
+    return np.matmul(v, kernel), lambda dy: (dy @ kernel.T, Outer(v, dy))
+
+
+def recurrent_linear(v, kernel, mask):
+    """`masked_linear` of `v @ kernel`, its kernel gradient an `Outer` where it can be."""
+    op = _matmul_vjp if isinstance(mask, list | tuple) else _outer_matmul_vjp
+    return masked_linear(op, v, kernel, mask)
 
 
 def masked_linear(op_vjp, v, kernel, mask):
@@ -129,7 +211,7 @@ def masked_linear(op_vjp, v, kernel, mask):
     block of the kernel's last axis (Keras' `implementation=1` cells, ConvLSTM).
     `op_vjp(v, kernel)` gives (y, backward) for the unmasked operation.
     """
-    if not isinstance(mask, (list, tuple)):
+    if not isinstance(mask, list | tuple):
         masked = v if mask is None else v * mask
         y, back = op_vjp(masked, kernel)
 
@@ -155,7 +237,7 @@ def masked_linear(op_vjp, v, kernel, mask):
 
 def _gate_mask(mask, gate: int):
     """The mask gate `gate` of a per-gate list sees (the shared one otherwise)."""
-    return mask[gate] if isinstance(mask, (list, tuple)) else mask
+    return mask[gate] if isinstance(mask, list | tuple) else mask
 
 
 class SimpleRNNCell(_Cell):
@@ -166,15 +248,17 @@ class SimpleRNNCell(_Cell):
         shapes = [("kernel", (step_shape[-1], u)), ("recurrent_kernel", (u, u))]
         return shapes + ([("bias", (u,))] if self.use_bias else [])
 
-    def step_vjp(self, x_t, states):
-        h_prev = states[0]
-        z, linear_backward = self._linear_vjp(x_t, h_prev)
+    def step_vjp(self, p_t, states):
+        z, recurrent_backward = recurrent_linear(
+            states[0], self.w["recurrent_kernel"], self.masks[1]
+        )
+        z += p_t
         h = self.activation(z)
 
         def backward(d_output, d_states):
             dz = activations.backward(self.activation, z, h, d_output + d_states[0])
-            dx, dh_prev, grads = linear_backward(dz)
-            return dx, [dh_prev], grads
+            dh_prev, d_recurrent = recurrent_backward(dz)
+            return dz, [dh_prev], {"recurrent_kernel": d_recurrent}
 
         return h, [h], backward
 
@@ -198,44 +282,45 @@ class LSTMCell(_Cell):
         shapes = [("kernel", (step_shape[-1], 4 * u)), ("recurrent_kernel", (u, 4 * u))]
         return shapes + ([("bias", (4 * u,))] if self.use_bias else [])
 
-    def step_vjp(self, x_t, states):
+    def recurrent_vjp(self, h_prev):
+        return recurrent_linear(h_prev, self.w["recurrent_kernel"], self.masks[1])
+
+    def step_vjp(self, p_t, states):
         h_prev, c_prev = states
-        z, linear_backward = self._linear_vjp(x_t, h_prev)
+        z, recurrent_backward = self.recurrent_vjp(h_prev)
+        z += p_t
         h, new_states, gates_backward = lstm_gates_vjp(
             z, c_prev, self.activation, self.recurrent_activation
         )
 
         def backward(d_output, d_states):
             dz, dc_prev = gates_backward(d_output + d_states[0], d_states[1])
-            dx, dh_prev, grads = linear_backward(dz)
-            return dx, [dh_prev, dc_prev], grads
+            dh_prev, d_recurrent = recurrent_backward(dz)
+            return dz, [dh_prev, dc_prev], {"recurrent_kernel": d_recurrent}
 
         return h, new_states, backward
 
 
-def lstm_gates(z, c_prev, activation, recurrent_activation):
-    """The LSTM update from the summed pre-activations `z` (gates i, f, c, o on the last axis)."""
-    h, states, _ = lstm_gates_vjp(z, c_prev, activation, recurrent_activation)
-    return h, states
-
-
 def lstm_gates_vjp(z, c_prev, activation, recurrent_activation):
-    """`lstm_gates` and its backward: `backward(dh, dc)` gives (dL/dz, dL/dc_prev)."""
-    z_i, z_f, z_c, z_o = np.split(z, 4, axis=-1)
-    i = recurrent_activation(z_i)
-    f = recurrent_activation(z_f)
+    """The LSTM update from the summed pre-activations `z` (gates i, f, c, o on the
+    last axis) and its backward: `backward(dh, dc)` gives (dL/dz, dL/dc_prev)."""
+    u = z.shape[-1] // 4
+    z_if, z_c, z_o = z[..., : 2 * u], z[..., 2 * u : 3 * u], z[..., 3 * u :]
+    if_ = recurrent_activation(z_if)  # the adjacent i and f gates in one call
+    i, f = if_[..., :u], if_[..., u:]
     g = activation(z_c)
     o = recurrent_activation(z_o)
-    c = f * c_prev + i * g
+    c = f * c_prev
+    c += i * g
     a_c = activation(c)
     h = o * a_c
 
     def backward(dh, dc):
         back = activations.backward
         dc = dc + back(activation, c, a_c, dh * o)
+        d_if = np.concatenate([dc * g, dc * c_prev], axis=-1)
         dz = [
-            back(recurrent_activation, z_i, i, dc * g),
-            back(recurrent_activation, z_f, f, dc * c_prev),
+            back(recurrent_activation, z_if, if_, d_if),
             back(activation, z_c, g, dc * i),
             back(recurrent_activation, z_o, o, dh * a_c),
         ]
@@ -264,25 +349,27 @@ class GRUCell(_Cell):
             shapes.append(("bias", (2, 3 * u) if self.reset_after else (3 * u,)))
         return shapes
 
-    def step_vjp(self, x_t, states):
+    def input_bias(self):
+        if self.use_bias and self.reset_after:
+            return ("input_bias", self.w["bias"][0])
+        return super().input_bias()
+
+    def step_vjp(self, p_t, states):
         h_prev = states[0]
         u = self.units
         kernel = self.w["recurrent_kernel"]
-        input_mask, recurrent_mask = self.masks
-        x, x_backward = masked_linear(_matmul_vjp, x_t, self.w["kernel"], input_mask)
-        if self.use_bias:
-            x = x + (self.w["bias"][0] if self.reset_after else self.w["bias"])
+        recurrent_mask = self.masks[1]
         if self.reset_after:
-            inner, inner_backward = masked_linear(_matmul_vjp, h_prev, kernel, recurrent_mask)
+            inner, inner_backward = recurrent_linear(h_prev, kernel, recurrent_mask)
             if self.use_bias:
-                inner = inner + self.w["bias"][1]
+                inner += self.w["bias"][1]
         else:
             two = recurrent_mask
-            if isinstance(two, (list, tuple)):
+            if isinstance(two, list | tuple):
                 two = two[:2]
-            inner, inner_backward = masked_linear(_matmul_vjp, h_prev, kernel[:, : 2 * u], two)
-        z_pre = x[:, :u] + inner[:, :u]
-        r_pre = x[:, u : 2 * u] + inner[:, u : 2 * u]
+            inner, inner_backward = recurrent_linear(h_prev, kernel[:, : 2 * u], two)
+        z_pre = p_t[:, :u] + inner[:, :u]
+        r_pre = p_t[:, u : 2 * u] + inner[:, u : 2 * u]
         z = self.recurrent_activation(z_pre)
         r = self.recurrent_activation(r_pre)
         if self.reset_after:
@@ -292,7 +379,7 @@ class GRUCell(_Cell):
             h_h = h_prev if h_mask is None else h_prev * h_mask
             reset_h = r * h_h
             recurrent_h = np.matmul(reset_h, kernel[:, 2 * u :])
-        hh_pre = x[:, 2 * u :] + recurrent_h
+        hh_pre = p_t[:, 2 * u :] + recurrent_h
         hh = self.activation(hh_pre)
         one = np.asarray(1, dtype=z.dtype)
         h = z * h_prev + (one - z) * hh
@@ -311,26 +398,31 @@ class GRUCell(_Cell):
                 dh_prev = dh_prev + (d_h_h if h_mask is None else d_h_h * h_mask)
             dz = back(self.recurrent_activation, z_pre, z, dh * (h_prev - hh))
             dr = back(self.recurrent_activation, r_pre, r, dr)
-            d_x = np.concatenate([dz, dr, d_hh], axis=-1)
-            dx, d_kernel = x_backward(d_x)
+            dp = np.concatenate([dz, dr, d_hh], axis=-1)
             if self.reset_after:
                 d_inner = np.concatenate([dz, dr, d_hh * r], axis=-1)
                 d_from_inner, d_recurrent = inner_backward(d_inner)
+                grads = {"recurrent_kernel": d_recurrent}
+                if self.use_bias:
+                    grads["recurrent_bias"] = Outer(None, d_inner)
             else:
                 d_inner = np.concatenate([dz, dr], axis=-1)
                 d_from_inner, d_two = inner_backward(d_inner)
-                d_recurrent = np.concatenate([d_two, reset_h.T @ d_hh], axis=-1)
-            dh_prev = dh_prev + d_from_inner
-            grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
-            if self.use_bias:
-                bias = d_x.sum(axis=0)
-                grads["bias"] = np.stack([bias, d_inner.sum(axis=0)]) if self.reset_after else bias
-            return dx, [dh_prev], grads
+                grads = {"recurrent_kernel/zr": d_two, "recurrent_kernel/h": Outer(reset_h, d_hh)}
+            return dp, [dh_prev + d_from_inner], grads
 
         return h, [h], backward
 
+    def finish_grads(self, grads):
+        if not self.reset_after:
+            parts = grads.pop("recurrent_kernel/zr"), grads.pop("recurrent_kernel/h")
+            grads["recurrent_kernel"] = np.concatenate(parts, axis=-1)
+        elif self.use_bias:
+            grads["bias"] = np.stack([grads.pop("input_bias"), grads.pop("recurrent_bias")])
+        return grads
 
-class ConvLSTMCell(_Cell):
+
+class ConvLSTMCell(LSTMCell):
     """LSTM gates from convolutions, channels-last: the input convolution uses the
     layer's strides, dilation and padding; the recurrent one stride 1, no dilation,
     `same` padding (keras/src/layers/rnn/conv_lstm.py `recurrent_conv`)."""
@@ -350,10 +442,6 @@ class ConvLSTMCell(_Cell):
             config.get("recurrent_activation", "sigmoid"), keras_major
         )
 
-    @property
-    def state_sizes(self):
-        return (self.units, self.units)
-
     def weight_shapes(self, step_shape):
         k, f = self.kernel_size, self.units
         shapes = [("kernel", (*k, step_shape[-1], 4 * f)), ("recurrent_kernel", (*k, f, 4 * f))]
@@ -367,37 +455,16 @@ class ConvLSTMCell(_Cell):
         shape = (x_t.shape[0], *spatial, self.units)
         return [np.zeros(shape, dtype=x_t.dtype), np.zeros(shape, dtype=x_t.dtype)]
 
-    def step_vjp(self, x_t, states):
-        h_prev, c_prev = states
-        ones = (1,) * self.rank
+    def input_op(self, v, kernel):
+        return correlate_vjp(v, kernel, self.strides, self.dilation, self.padding)
 
-        def input_op(v, kernel):
-            return correlate_vjp(v, kernel, self.strides, self.dilation, self.padding)
+    def recurrent_vjp(self, h_prev):
+        ones = (1,) * self.rank
 
         def recurrent_op(v, kernel):
             return correlate_vjp(v, kernel, ones, ones, "same")
 
-        z, input_backward = masked_linear(input_op, x_t, self.w["kernel"], self.masks[0])
-        if self.use_bias:
-            z = z + self.w["bias"]
-        recurrent, recurrent_backward = masked_linear(
-            recurrent_op, h_prev, self.w["recurrent_kernel"], self.masks[1]
-        )
-        z = z + recurrent
-        h, new_states, gates_backward = lstm_gates_vjp(
-            z, c_prev, self.activation, self.recurrent_activation
-        )
-
-        def backward(d_output, d_states):
-            dz, dc_prev = gates_backward(d_output + d_states[0], d_states[1])
-            dx, d_kernel = input_backward(dz)
-            dh_prev, d_recurrent = recurrent_backward(dz)
-            grads = {"kernel": d_kernel, "recurrent_kernel": d_recurrent}
-            if self.use_bias:
-                grads["bias"] = dz.sum(axis=tuple(range(dz.ndim - 1)))
-            return dx, [dh_prev, dc_prev], grads
-
-        return h, new_states, backward
+        return masked_linear(recurrent_op, h_prev, self.w["recurrent_kernel"], self.masks[1])
 
 
 class StackedRNNCells(_Cell):
@@ -438,11 +505,23 @@ class StackedRNNCells(_Cell):
             x_t = np.zeros((x_t.shape[0], cell.output_size), dtype=x_t.dtype)
         return states
 
-    def step_vjp(self, x_t, states):
+    def project_vjp(self, x):
+        """The first cell's projection (the others' inputs exist only step by step)."""
+        p, first_backward = self.cells[0].project_vjp(x)
+
+        def backward(dp):
+            dx, grads = first_backward(dp)
+            return dx, {f"0/{name}": g for name, g in grads.items()}
+
+        return p, backward
+
+    def step_vjp(self, p_t, states):
         new_states, backwards, counts, position = [], [], [], 0
-        for cell in self.cells:
+        output = p_t
+        for index, cell in enumerate(self.cells):
             count = len(cell.state_sizes)
-            x_t, cell_states, back = cell.step_vjp(x_t, states[position : position + count])
+            step = cell.step_vjp if index == 0 else cell.raw_step_vjp
+            output, cell_states, back = step(output, states[position : position + count])
             new_states += cell_states
             backwards.append(back)
             counts.append(count)
@@ -458,7 +537,15 @@ class StackedRNNCells(_Cell):
                 end = start
             return d_output, d_prev, grads
 
-        return x_t, new_states, backward
+        return output, new_states, backward
+
+    def finish_grads(self, grads):
+        finished = {}
+        for index, cell in enumerate(self.cells):
+            prefix = f"{index}/"
+            own = {k[len(prefix) :]: g for k, g in grads.items() if k.startswith(prefix)}
+            finished.update({prefix + k: g for k, g in cell.finish_grads(own).items()})
+        return finished
 
 
 CELLS = {cls.__name__: cls for cls in (SimpleRNNCell, LSTMCell, GRUCell)}
@@ -501,9 +588,10 @@ def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll, k
     `keep_steps` (inference) no step's backward is kept, and `backward` must not be called.
     """
     steps = list(range(x.shape[1] - 1, -1, -1)) if go_backwards else list(range(x.shape[1]))
+    projected, project_backward = cell.project_vjp(x)
     outputs, backwards, previous = [], [], None
     for t in steps:
-        output, new_states, back = cell.step_vjp(x[:, t], states)
+        output, new_states, back = cell.step_vjp(projected[:, t], states)
         if keep_steps:  # each step's backward holds its gate values
             backwards.append(back)
         if mask is not None:
@@ -536,8 +624,8 @@ def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll, k
         if processed is not None:
             d_sequence = np.where(_against(zeroing, d_sequence, time=True), d_sequence, zero)
             d_last = np.where(_against(processed[:, -1], d_last), d_last, zero)
-        dx = np.zeros_like(x)
-        grads: dict = {}
+        d_projected = np.empty_like(projected)
+        grads = GradientSum()
         carried = d_last  # dL/d the latest step's output, beyond the sequence's own
         for k in range(len(steps) - 1, -1, -1):
             t = steps[k]
@@ -550,13 +638,13 @@ def run_sequence_vjp(cell, x, states, mask, go_backwards, zero_output, unroll, k
                 d_output = np.where(on, d_output, zero)
                 passed = [np.where(_against(keep, d), zero, d) for d in d_states]
                 d_states = [np.where(_against(keep, d), d, zero) for d in d_states]
-            dx_t, d_states, step_grads = backwards[k](d_output, d_states)
+            d_projected[:, t], d_states, step_grads = backwards[k](d_output, d_states)
             if mask is not None:
                 d_states = [a + b for a, b in zip(d_states, passed)]
-            dx[:, t] = dx_t
-            for name, g in step_grads.items():
-                grads[name] = g if name not in grads else grads[name] + g
-        return dx, d_states, grads
+            grads.add(step_grads)
+        dx, project_grads = project_backward(d_projected)
+        grads.add(project_grads)
+        return dx, d_states, cell.finish_grads(grads.total())
 
     return last, sequence, final_states, backward
 
