@@ -151,18 +151,29 @@ FEW_CHANNELS = 32
 
 
 class _MaxPooling(_Pooling):
-    def pool(self, x):
+    def cells(self, x):
+        """Each window cell's values across all windows (one strided slice of the padded
+        input per cell, row-major), when `x` has few channels; None otherwise."""
         out = [
             windows.output_length(n, k, s, 1, self.padding)
             for n, k, s in zip(x.shape[1:-1], self.pool_size, self.strides)
         ]
         if x.shape[-1] >= FEW_CHANNELS or 0 in out:
-            return np.max(self.window_view(x, -np.inf), axis=self.window_axes)
+            return None
         padded = windows.pad_spatial(x, self.pads(x.shape[1:-1]), -np.inf)
-        y = None
-        for cell in np.ndindex(*self.pool_size):
-            taps = padded[self.cell_slices(cell, out)]
-            y = taps.copy() if y is None else np.maximum(y, taps, out=y)
+        return [padded[self.cell_slices(cell, out)] for cell in np.ndindex(*self.pool_size)]
+
+    def pool(self, x):
+        cells = self.cells(x)
+        if cells is None:
+            return np.max(self.window_view(x, -np.inf), axis=self.window_axes)
+        return self.cells_max(cells)
+
+    @staticmethod
+    def cells_max(cells):
+        y = cells[0].copy()
+        for taps in cells[1:]:
+            np.maximum(y, taps, out=y)
         return y
 
     def winners(self, x):
@@ -171,11 +182,24 @@ class _MaxPooling(_Pooling):
         y = np.max(view, axis=self.window_axes)
         return y, view == np.expand_dims(y, self.window_axes)
 
+    def pooled_and_first(self, x):
+        """The pooled `x` and the row-major index of each window's first maximum."""
+        cells = self.cells(x)
+        if cells is None:
+            y, winners = self.winners(x)
+            return y, self.first_cell(winners)
+        y = self.cells_max(cells)
+        first = np.zeros(y.shape, dtype=np.min_scalar_type(len(cells)))
+        for index in range(len(cells) - 1, 0, -1):  # the earliest maximum writes last
+            np.copyto(first, index, where=cells[index] == y)
+        np.copyto(first, 0, where=cells[0] == y)
+        return y, first
+
     def pool_vjp(self, x):
         # TensorFlow's MaxPoolGrad: the whole gradient goes to the first maximum
         # of each window in row-major order.
-        y, winners = self.winners(x)
-        first, shape = self.first_cell(winners), x.shape
+        y, first = self.pooled_and_first(x)
+        shape = x.shape
 
         def backward(dy):
             if self.strides == self.pool_size:
