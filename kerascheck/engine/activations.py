@@ -337,13 +337,16 @@ def resolve(value, keras_major: int = 3):
 
 
 def _inside(x, low, high):
-    """1 strictly inside (low, high): relu6-style clipping."""
-    return ((x > _c(x, low)) & (x < _c(x, high))).astype(x.dtype)
+    """True strictly inside (low, high): relu6-style clipping. A boolean mask, which
+    NumPy multiplies into a float array without a float copy of its own."""
+    mask = np.greater(x, _c(x, low))
+    return np.logical_and(mask, np.less(x, _c(x, high)), out=mask)
 
 
 def _within(x, low, high):
-    """1 on [low, high]: `tf.clip_by_value`, whose gradient also passes at the bounds."""
-    return ((x >= _c(x, low)) & (x <= _c(x, high))).astype(x.dtype)
+    """True on [low, high]: `tf.clip_by_value`, whose gradient also passes at the bounds."""
+    mask = np.greater_equal(x, _c(x, low))
+    return np.logical_and(mask, np.less_equal(x, _c(x, high)), out=mask)
 
 
 def _softmax_backward(x, y, dy, axis=-1):

@@ -10,6 +10,7 @@ from ..errors import KerascheckError
 from ..inputs import check_inputs
 from ..limits import check_bytes, clip
 from ..loading.spec import ModelSpec
+from .allocator import keep_freed_memory
 from .base import Context
 from .graph import Graph
 
@@ -20,6 +21,7 @@ class EngineModel:
     """A saved model rebuilt in NumPy. `predict` and `run` never touch TensorFlow."""
 
     def __init__(self, spec: ModelSpec, dtype="float32"):
+        keep_freed_memory()
         self.spec = spec
         self.context = Context(keras_major=spec.keras_major, dtype=np.dtype(dtype))
         self.graph = Graph(spec, self.context)
