@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "sample_models")
+
 PROBE = """
 import resource
 import numpy as np
@@ -48,7 +50,11 @@ def test_freed_arrays_are_reused_without_page_faults():
     assert default_faults > 4 * faults
 
 
-def test_the_engine_applies_the_settings_when_it_builds_a_model():
-    from kerascheck.engine import allocator, model
+def test_the_engine_applies_the_settings_when_it_builds_a_model(monkeypatch):
+    import kerascheck
+    from kerascheck.engine import model
 
-    assert model.keep_freed_memory is allocator.keep_freed_memory
+    calls = []
+    monkeypatch.setattr(model, "keep_freed_memory", lambda: calls.append(1))
+    kerascheck.load(os.path.join(SAMPLES, "seed004_cnn.keras"))
+    assert calls == [1]

@@ -190,9 +190,8 @@ class _MaxPooling(_Pooling):
             return y, self.first_cell(winners)
         y = self.cells_max(cells)
         first = np.zeros(y.shape, dtype=np.min_scalar_type(len(cells)))
-        for index in range(len(cells) - 1, 0, -1):  # the earliest maximum writes last
+        for index in range(len(cells) - 1, -1, -1):  # the earliest maximum writes last
             np.copyto(first, index, where=cells[index] == y)
-        np.copyto(first, 0, where=cells[0] == y)
         return y, first
 
     def pool_vjp(self, x):
