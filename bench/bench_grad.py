@@ -19,6 +19,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault(
+    "OPENBLAS_THREAD_TIMEOUT", "18"
+)  # as `import kerascheck` sets it, before NumPy
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .compare import CallStats, Comparison, LayerDiff, Tolerance, TolerancePolicy
+from .engine import threads
 from .engine.layers.recurrent import check_stateful_run, stateful_batch
 from .engine.model import EngineModel
 from .errors import KerascheckError
@@ -369,7 +370,8 @@ def fitting_batch(model: EngineModel, inputs, float64: bool = False, collect: bo
     try:
         base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        per_call = model.graph.run(arrays, keep=True)[1]
+        with threads.serial():  # a peak that does not vary from run to run
+            per_call = model.graph.run(arrays, keep=True)[1]
         held = sum(_nbytes(value) for value in per_call.values())
         working = max(0, tracemalloc.get_traced_memory()[1] - base - held)
     finally:

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..errors import KerascheckError
+from . import threads
 
 
 def _c(x: np.ndarray, value: float):
@@ -32,14 +33,14 @@ def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
         # np.clip is `minimum(maximum(x, 0), max_value)` in one pass, ~2x faster than
         # np.maximum alone (whose NaN handling is slower); NaNs propagate either way.
         top = np.inf if max_value is None else max_value
-        y = np.clip(x, _c(x, 0.0), _c(x, top))
+        y = threads.elementwise(np.clip, np.empty_like(x), x, _c(x, 0.0), _c(x, top))
     if negative_slope != 0:
         y = y - _c(x, negative_slope) * np.maximum(_c(x, threshold) - x, _c(x, 0.0))
     return y.astype(x.dtype, copy=False)
 
 
 def relu6(x):
-    return np.clip(x, _c(x, 0.0), _c(x, 6.0))
+    return threads.elementwise(np.clip, np.empty_like(x), x, _c(x, 0.0), _c(x, 6.0))
 
 
 def sigmoid(x):
@@ -336,11 +337,15 @@ def resolve(value, keras_major: int = 3):
 # computed in the input's dtype.
 
 
-def _inside(x, low, high):
+def inside(x, low, high):
     """True strictly inside (low, high): relu6-style clipping. A boolean mask, which
     NumPy multiplies into a float array without a float copy of its own."""
-    mask = np.greater(x, _c(x, low))
-    return np.logical_and(mask, np.less(x, _c(x, high)), out=mask)
+
+    def within(x, low, high, out):
+        np.greater(x, low, out=out)
+        np.logical_and(out, np.less(x, high), out=out)
+
+    return threads.elementwise(within, np.empty(np.shape(x), bool), x, _c(x, low), _c(x, high))
 
 
 def _within(x, low, high):
@@ -382,12 +387,12 @@ def _mish_backward(x, y, dy):
 
 def _hard_sigmoid_keras3_backward(x, y, dy):
     # relu6(x + 3) / 6
-    return dy * _inside(x + _c(x, 3.0), 0.0, 6.0) / _c(x, 6.0)
+    return dy * inside(x + _c(x, 3.0), 0.0, 6.0) / _c(x, 6.0)
 
 
 def _hard_silu_backward(x, y, dy):
     # x * hard_sigmoid(x)
-    slope = _inside(x + _c(x, 3.0), 0.0, 6.0) / _c(x, 6.0)
+    slope = inside(x + _c(x, 3.0), 0.0, 6.0) / _c(x, 6.0)
     return dy * (hard_sigmoid_keras3(x) + x * slope)
 
 
@@ -400,7 +405,7 @@ def _celu_backward(x, y, dy):
 DERIVATIVES = {
     linear: lambda x, y, dy: dy,
     relu: lambda x, y, dy: dy * (x > 0),
-    relu6: lambda x, y, dy: dy * _inside(x, 0.0, 6.0),
+    relu6: lambda x, y, dy: dy * inside(x, 0.0, 6.0),
     sigmoid: lambda x, y, dy: dy * y * (_c(x, 1.0) - y),
     hard_sigmoid_keras3: _hard_sigmoid_keras3_backward,
     # clip_by_value(0.2 x + 0.5, 0, 1)
@@ -436,9 +441,17 @@ DERIVATIVES = {
         dy
         * np.where(x <= -1, _c(x, 0.0), np.where(x >= 1, _c(x, 1.0), (x + _c(x, 1.0)) / _c(x, 2.0)))
     ),
-    sparse_sigmoid: lambda x, y, dy: dy * _c(x, 0.5) * _inside(x, -1.0, 1.0),
+    sparse_sigmoid: lambda x, y, dy: dy * _c(x, 0.5) * inside(x, -1.0, 1.0),
     glu: _glu_backward,
 }
+
+
+ALONG_AXIS = (softmax, log_softmax, glu)  # the rest are elementwise
+
+
+def apply(fn, x):
+    """`fn(x)`; an elementwise activation of a large array piece by piece over the threads."""
+    return fn(x) if fn in ALONG_AXIS else threads.chunked(fn, x)
 
 
 def backward(fn, x, y, dy):
@@ -447,4 +460,6 @@ def backward(fn, x, y, dy):
         derivative = DERIVATIVES[fn]
     except KeyError:
         raise KerascheckError(f"no derivative for activation '{fn.__name__}'") from None
-    return derivative(x, y, dy).astype(x.dtype, copy=False)
+    if fn in ALONG_AXIS:
+        return derivative(x, y, dy).astype(x.dtype, copy=False)
+    return threads.chunked(derivative, x, y, dy).astype(x.dtype, copy=False)

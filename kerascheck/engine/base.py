@@ -126,7 +126,7 @@ def with_activation(activation, z, backward_z):
     """
     from . import activations
 
-    y = activation(z)
+    y = activations.apply(activation, z)
 
     def backward(d_output):
         return backward_z(activations.backward(activation, z, y, d_output))

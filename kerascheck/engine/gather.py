@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import threads
+
 
 def gather_vjp(layer, forward, inputs, cache: dict | None = None):
     """(output, backward) for `forward`, which must only copy or zero-fill elements.
@@ -57,7 +59,7 @@ def _read_lattice(flat, lattice, shape, dtype):
     view = np.lib.stride_tricks.as_strided(
         flat[offset:], shape=shape, strides=tuple(st * itemsize for st in strides), writeable=False
     )
-    return np.array(view, dtype=dtype, order="C")
+    return threads.copy(np.empty(shape, dtype), view)
 
 
 def _source_map(forward, arrays, as_list):

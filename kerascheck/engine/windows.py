@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import threads
+
 
 def effective_size(kernel: int, dilation: int) -> int:
     return (kernel - 1) * dilation + 1
@@ -48,7 +50,7 @@ def pad_spatial(x: np.ndarray, pads, value=0.0) -> np.ndarray:
     # One copy into place and a fill of the borders only: np.pad's generic machinery
     # (and filling the whole array first) costs several times more.
     padded = np.empty(shape, dtype=x.dtype)
-    padded[(slice(None), *(slice(b, b + n) for n, (b, _) in zip(sizes, pads)))] = x
+    threads.copy(padded[(slice(None), *(slice(b, b + n) for n, (b, _) in zip(sizes, pads)))], x)
     fill = np.asarray(value, x.dtype)
     for axis, (n, (b, a)) in enumerate(zip(sizes, pads), start=1):
         lead = (slice(None),) * axis

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations
+from .. import activations, threads
 from ..base import Layer
 from .core import _sum_to_shape
 
@@ -22,10 +22,13 @@ def _scaled(y, slope):
     d_output's float dtype and is ~7x faster than building a float slope with
     `np.where` on scalars.
     """
-    return y, lambda d_output: (
-        np.multiply(d_output, slope, dtype=np.result_type(d_output, y)),
-        {},
-    )
+
+    def backward(d_output):
+        shape = np.broadcast_shapes(np.shape(d_output), np.shape(slope))
+        out = np.empty(shape, np.result_type(d_output, y))
+        return threads.elementwise(np.multiply, out, d_output, slope), {}
+
+    return y, backward
 
 
 def relu_slope(x, negative_slope=0.0, max_value=None, threshold=0.0):
@@ -40,7 +43,7 @@ def relu_slope(x, negative_slope=0.0, max_value=None, threshold=0.0):
     if negative_slope != 0 and max_value is None and threshold == 0:
         return np.where(x > 0, np.ones((), x.dtype), np.asarray(negative_slope, x.dtype))
     if max_value is not None and float(max_value) == 6 and threshold == 0:
-        passes = (x > 0) & (x < 6)
+        passes = activations.inside(x, 0.0, 6.0)
     else:
         passes = x > np.asarray(threshold, x.dtype)
         if max_value is not None:

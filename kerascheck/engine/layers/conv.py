@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .. import activations
+from .. import activations, threads
 from ..base import Layer, as_tuple, data_format, with_activation
 from ..windows import (
     effective_size,
@@ -326,8 +326,21 @@ def _depthwise_on(view, kernel):
     rank = kernel.ndim - 2
     o, t = _subscripts(rank)
     kernel = kernel.reshape(_depthwise_kernel(kernel.shape, view.shape[-1]))
-    y = np.einsum(f"b{o}{t}c,{t}cm->b{o}cm", view, kernel.astype(view.dtype, copy=False))
+    y = _batch_einsum(f"b{o}{t}c,{t}cm->b{o}cm", view, kernel.astype(view.dtype, copy=False))
     return y.reshape(*y.shape[:-2], y.shape[-2] * y.shape[-1])
+
+
+def _batch_einsum(spec, batched, other):
+    """`np.einsum(spec, batched, other)` for a result with `batched`'s leading (batch)
+    axis, the batch split over the threads."""
+    inputs, result = spec.split("->")
+    sizes = {}
+    for letters, array in zip(inputs.split(","), (batched, other)):
+        sizes.update(zip(letters, array.shape))
+    y = np.empty([sizes[letter] for letter in result], np.result_type(batched, other))
+    parts = threads.blocks(batched.shape[0], y.size)
+    threads.over_blocks(lambda part: np.einsum(spec, batched[part], other, out=y[part]), parts)
+    return y
 
 
 def _depthwise_kernel_grad(x, dz, kernel_shape, strides, dilation, padding):
@@ -342,7 +355,11 @@ def _depthwise_kernel_grad_on(view, dz, kernel_shape):
     rank = len(kernel_shape) - 2
     o, t = _subscripts(rank)
     split = _depthwise_kernel(kernel_shape, view.shape[-1])
-    grad = np.einsum(f"b{o}{t}c,b{o}cm->{t}cm", view, dz.reshape(*dz.shape[:-1], *split[-2:]))
+    dz = dz.reshape(*dz.shape[:-1], *split[-2:])
+    parts = threads.blocks(view.shape[0], dz.size)
+    grad = threads.block_sum(
+        lambda part: np.einsum(f"b{o}{t}c,b{o}cm->{t}cm", view[part], dz[part]), parts
+    )
     return grad.reshape(kernel_shape)
 
 
@@ -371,7 +388,7 @@ def _depthwise_input_grad(dz, kernel, sizes, strides, dilation, before, groups):
     r = "uvw"[:rank]
     kernel_axes = "".join(a + b for a, b in zip(t, r))
     out_axes = "".join(a + b for a, b in zip(o, r))  # (q1, r1, q2, r2): p = q*s + r in order
-    y = np.einsum(f"b{o}{t}cm,{kernel_axes}cm->b{out_axes}c", view, phased)
+    y = _batch_einsum(f"b{o}{t}cm,{kernel_axes}cm->b{out_axes}c", view, phased)
     y = y.reshape(y.shape[0], *(q * s for q, s in zip(rows, strides)), y.shape[-1])
     return y[(slice(None), *(slice(b, b + n) for b, n in zip(before, sizes)))]
 
@@ -490,7 +507,7 @@ class _Convolution(Layer):
         return input_shape[1] if self.data_format == "channels_first" else input_shape[-1]
 
     def call(self, x):
-        return self.activation(self.biased_vjp(x)[0])
+        return activations.apply(self.activation, self.biased_vjp(x)[0])
 
     def vjp(self, x, training=False, noise=None):
         z, backward_z = self.biased_vjp(x)

@@ -33,7 +33,7 @@ class Dense(Layer):
         y = np.matmul(x, self.w["kernel"])
         if self.use_bias:
             y = y + self.w["bias"]
-        return self.activation(y)
+        return activations.apply(self.activation, y)
 
     def vjp(self, x, training=False, noise=None):
         kernel = self.w["kernel"]
@@ -76,7 +76,7 @@ class EinsumDense(Layer):
         y = np.einsum(self.equation, x, self.w["kernel"], optimize=True)
         if "bias" in self.w:
             y = y + self.w["bias"]
-        return self.activation(y)
+        return activations.apply(self.activation, y)
 
     def vjp(self, x, training=False, noise=None):
         kernel = self.w["kernel"]
@@ -163,7 +163,7 @@ class Activation(Layer):
         self.fn = activations.resolve(config.get("activation"), self.context.keras_major)
 
     def call(self, x):
-        return self.fn(x)
+        return activations.apply(self.fn, x)
 
     def vjp(self, x, training=False, noise=None):
         return with_activation(self.fn, x, lambda dz: (dz, {}))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import threads
 from ..activations import _c
 from ..base import Layer, frozen
 from .core import _sum_to_shape
@@ -74,11 +75,18 @@ def normalize(x, mean, variance, epsilon, gamma=None, beta=None):
     inv = _c(x, 1.0) / np.sqrt(variance + _c(x, epsilon))
     if gamma is not None:
         inv = inv * gamma
-    y = np.subtract(x, mean)  # one new array, then in place
-    y *= inv
-    if beta is not None:
-        y += beta
+    shape = np.broadcast_shapes(x.shape, mean.shape, inv.shape)
+    y = np.empty(shape, np.result_type(x, mean, inv, *([] if beta is None else [beta])))
+    threads.elementwise(_affine, y, x, mean, inv, beta)
     return y.astype(x.dtype, copy=False)
+
+
+def _affine(x, mean, scale, offset, out):
+    """`out = (x - mean) * scale + offset` (no offset when None), in place in `out`."""
+    np.subtract(x, mean, out=out)
+    out *= scale
+    if offset is not None:
+        out += offset
 
 
 def normalize_vjp(x, mean, variance, epsilon, gamma=None, beta=None, share=None):
@@ -121,26 +129,52 @@ def batch_normalize_vjp(x, axes, epsilon, gamma=None, beta=None):
     in the parameters' broadcast shapes (None where absent).
     """
     axes = tuple(axes)
-    mean = np.mean(x, axis=axes, keepdims=True)
-    centered = x - mean
-    count = _c(x, x.size // max(mean.size, 1))
-    variance = _channel_dot(centered, centered, axes, mean.shape) / count
+    shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    # One block of the batch per thread (threads.py); the blocks' partial sums add up.
+    parts = threads.blocks(x.shape[0], x.size) if 0 in axes else [slice(None)]
+    count = _c(x, x.size // int(np.prod(shape)))
+    total = threads.block_sum(lambda part: np.sum(x[part], axis=axes, keepdims=True), parts)
+    mean = (total / count).astype(x.dtype, copy=False)
+    centered = np.empty_like(x)
+
+    def center(part):
+        block = np.subtract(x[part], mean, out=centered[part])
+        return _channel_dot(block, block, axes, shape)
+
+    variance = threads.block_sum(center, parts) / count
     inv = _c(x, 1.0) / np.sqrt(variance + _c(x, epsilon))
     scale = inv if gamma is None else inv * gamma
-    y = centered * scale
-    if beta is not None:
-        y += beta
+    y = np.empty_like(x)
+
+    def scale_shift(part):
+        block = np.multiply(centered[part], scale, out=y[part])
+        if beta is not None:
+            block += beta
+
+    threads.over_blocks(scale_shift, parts)
 
     def backward(dy):
-        sum_dy = np.sum(dy, axis=axes, keepdims=True)
-        sum_dy_centered = _channel_dot(dy, centered, axes, mean.shape)
+        def sums(part):
+            return (
+                np.sum(dy[part], axis=axes, keepdims=True),
+                _channel_dot(dy[part], centered[part], axes, shape),
+            )
+
+        sum_dy, sum_dy_centered = threads.block_sum(sums, parts)
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = centered * inv
-        dx = centered * (-scale * inv * inv * (sum_dy_centered / count))
-        dx -= scale * (sum_dy / count)
-        dx += np.multiply(dy, scale, dtype=dx.dtype)
+        along_centered = -scale * inv * inv * (sum_dy_centered / count)
+        constant = scale * (sum_dy / count)
+        dx = np.empty_like(x)
+
+        def combine(part):
+            block = np.multiply(centered[part], along_centered, out=dx[part])
+            block -= constant
+            block += np.multiply(dy[part], scale, dtype=block.dtype)
+
+        threads.over_blocks(combine, parts)
         d_gamma = None if gamma is None else sum_dy_centered * inv
         d_beta = None if beta is None else sum_dy
-        return dx.astype(x.dtype, copy=False), d_gamma, d_beta
+        return dx, d_gamma, d_beta
 
     return y, backward, mean, variance
 
