@@ -447,11 +447,12 @@ DERIVATIVES = {
 
 
 ALONG_AXIS = (softmax, log_softmax, glu)  # the rest are elementwise
+ONE_PASS = (linear, relu, relu6)  # split over the threads by themselves
 
 
 def apply(fn, x):
-    """`fn(x)`; an elementwise activation of a large array piece by piece over the threads."""
-    return fn(x) if fn in ALONG_AXIS else threads.chunked(fn, x)
+    """`fn(x)`; an elementwise activation of several steps piece by piece over the threads."""
+    return fn(x) if fn in ALONG_AXIS or fn in ONE_PASS else threads.chunked(fn, x)
 
 
 def backward(fn, x, y, dy):

@@ -117,6 +117,31 @@ def elementwise(fn, out, *arrays):
     return out
 
 
+def over_batch(fn, *arrays):
+    """`fn(*arrays)` for a function that treats each sample on its own: run on one block
+    of the (shared) batch axis per thread, the results (arrays, or tuples of them) joined
+    along the batch."""
+    parts = blocks(arrays[0].shape[0], sum(a.size for a in arrays))
+    if len(parts) == 1:
+        return fn(*arrays)
+    results = over_blocks(lambda part: fn(*(a[part] for a in arrays)), parts)
+    if isinstance(results[0], tuple):
+        return tuple(np.concatenate(values) for values in zip(*results))
+    return np.concatenate(results)
+
+
+def split_ufunc(ufunc):
+    """`ufunc(a, b)` (broadcasting) with a large result computed over the threads."""
+
+    def split(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        out = np.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
+        return elementwise(ufunc, out, a, b)
+
+    split.__name__ = ufunc.__name__
+    return split
+
+
 def copy(destination, source):
     """`destination[...] = source` (same shapes), split over the threads; `destination`."""
     return elementwise(lambda block, out: np.copyto(out, block), destination, source)

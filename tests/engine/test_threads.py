@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-from gradcheck import GRAD_RTOL, engine_grads, keras_grads, relative_error
+from gradcheck import GRAD_RTOL, check_layer_grad, engine_grads, keras_grads, relative_error
 from helpers import FLAVORS, build_model, make_input, save
 
 import kerascheck
@@ -174,3 +174,18 @@ def test_split_and_single_thread_agree(tmp_path, monkeypatch, two_threads):
     for layer, grads in single[1].items():
         for name, value in grads.items():
             assert relative_error(split[1][layer][name], value) <= 1e-5, f"{layer}/{name}"
+
+
+@pytest.mark.parametrize("pool, strides", [(2, 2), (3, 2)])  # tiles, and overlapping windows
+def test_split_few_channel_max_pooling_matches_keras(tmp_path, two_threads, pool, strides):
+    def make(k):
+        return k.layers.MaxPooling2D(pool, strides=strides, padding="same")
+
+    x = make_input(LARGE)
+    check_layer_grad(tmp_path, make, LARGE[1:], x=x, finite_differences=False)
+
+
+def test_split_binary_merge_matches_numpy(two_threads):
+    a, b = make_input(LARGE), make_input((4, 1, 1, 24), seed=1)  # squeeze-excite style
+    np.testing.assert_array_equal(threads.split_ufunc(np.multiply)(a, b), a * b)
+    np.testing.assert_array_equal(threads.split_ufunc(np.add)(a, a), a + a)

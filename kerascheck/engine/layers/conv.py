@@ -176,7 +176,8 @@ def _patches(x, kernel_shape, strides, dilation, padding, groups):
     lead = view.shape[: rank + 1]
     channels = view.shape[-1] // groups
     split = view.reshape(*view.shape[:-1], groups, channels)  # channel g*in/g + c -> (g, c)
-    patches = np.ascontiguousarray(np.moveaxis(split, -2, 0))
+    moved = np.moveaxis(split, -2, 0)
+    patches = threads.copy(np.empty(moved.shape, moved.dtype), moved)
     taps = math.prod(view.shape[rank + 1 : -1]) * channels
     return patches.reshape(groups, math.prod(lead), taps), lead
 
@@ -525,7 +526,7 @@ class _Convolution(Layer):
         (with a `weights_only` variant that skips the input gradient)."""
         y, backward_y = self.convolve_vjp(to_channels_last(x, self.data_format))
         if self.use_bias:  # in place: y is this call's own new array
-            y += self.w["bias"].astype(y.dtype, copy=False)
+            threads.elementwise(np.add, y, y, self.w["bias"].astype(y.dtype, copy=False))
 
         def backward(dz, need_input=True):
             dy = to_channels_last(dz, self.data_format)

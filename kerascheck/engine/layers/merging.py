@@ -19,6 +19,7 @@ from itertools import accumulate
 
 import numpy as np
 
+from .. import threads
 from ..base import Layer
 from ..gather import CopiesElements
 from .core import _sum_to_shape
@@ -91,7 +92,7 @@ class ElementwiseMerge(Layer):
 
 
 class Add(ElementwiseMerge):
-    combine = staticmethod(np.add)
+    combine = staticmethod(threads.split_ufunc(np.add))
 
     def combine_backward(self, a, b, d):
         return d, d
@@ -99,14 +100,14 @@ class Add(ElementwiseMerge):
 
 class Subtract(ElementwiseMerge):
     arity = 2
-    combine = staticmethod(np.subtract)
+    combine = staticmethod(threads.split_ufunc(np.subtract))
 
     def combine_backward(self, a, b, d):
         return d, -d
 
 
 class Multiply(ElementwiseMerge):
-    combine = staticmethod(np.multiply)
+    combine = staticmethod(threads.split_ufunc(np.multiply))
 
     def combine_backward(self, a, b, d):
         return d * b, d * a
@@ -119,14 +120,14 @@ def _select_backward(left_wins, d):
 
 
 class Maximum(ElementwiseMerge):
-    combine = staticmethod(np.maximum)
+    combine = staticmethod(threads.split_ufunc(np.maximum))
 
     def combine_backward(self, a, b, d):
         return _select_backward(a >= b, d)
 
 
 class Minimum(ElementwiseMerge):
-    combine = staticmethod(np.minimum)
+    combine = staticmethod(threads.split_ufunc(np.minimum))
 
     def combine_backward(self, a, b, d):
         return _select_backward(a <= b, d)

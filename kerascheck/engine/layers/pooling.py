@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import windows
+from .. import threads, windows
 from ..base import Layer, as_tuple, data_format
 
 
@@ -184,6 +184,9 @@ class _MaxPooling(_Pooling):
 
     def pooled_and_first(self, x):
         """The pooled `x` and the row-major index of each window's first maximum."""
+        return threads.over_batch(self.block_pooled_and_first, x)
+
+    def block_pooled_and_first(self, x):
         cells = self.cells(x)
         if cells is None:
             y, winners = self.winners(x)
@@ -202,7 +205,10 @@ class _MaxPooling(_Pooling):
 
         def backward(dy):
             if self.strides == self.pool_size:
-                return self.crop(shape, self.tiles_gradient(first, dy, shape))
+                tiles = threads.over_batch(
+                    lambda f, d: self.tiles_gradient(f, d, (len(d), *shape[1:])), first, dy
+                )
+                return self.crop(shape, tiles)
             # One bincount adds what overlapping windows send to a shared cell.
             starts, offsets = self.cell_index(shape)
             padded_shape = self.padded_shape(shape)
