@@ -364,17 +364,13 @@ def fitting_batch(model: EngineModel, inputs, float64: bool = False, collect: bo
         return max(1, int(inputs[0].shape[0]))  # --save-outputs keeps every batch anyway
     one = [np.asarray(a[:1]) for a in inputs]
     arrays = [np.asarray(a, dtype=model.context.dtype) if a.dtype.kind == "f" else a for a in one]
-    # One untraced run first: what the model builds and keeps on its first call (the
-    # layers' cached index maps) is not memory that every batch needs again.
-    with threads.serial():  # and a peak that does not vary from run to run
-        model.graph.run(arrays, keep=False)
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        with threads.serial():
+        with threads.serial():  # a peak that does not depend on the threads' timing
             per_call = model.graph.run(arrays, keep=True)[1]
         held = sum(_nbytes(value) for value in per_call.values())
         working = max(0, tracemalloc.get_traced_memory()[1] - base - held)

@@ -121,7 +121,8 @@ def over_batch(fn, *arrays):
     """`fn(*arrays)` for a function that treats each sample on its own: run on one block
     of the (shared) batch axis per thread, the results (arrays, or tuples of them) joined
     along the batch."""
-    parts = blocks(arrays[0].shape[0], sum(a.size for a in arrays))
+    # Such functions make several passes: worth a hand-off at a quarter of the size.
+    parts = blocks(arrays[0].shape[0], 4 * sum(a.size for a in arrays))
     if len(parts) == 1:
         return fn(*arrays)
     results = over_blocks(lambda part: fn(*(a[part] for a in arrays)), parts)

@@ -465,3 +465,30 @@ def test_batch_of_eight_equals_eight_of_one(tmp_path, make, shape):
     assert_matches(together, keras_predict(model, x), what="batch of 8")
     one_by_one = np.concatenate([engine.predict(x[i : i + 1]) for i in range(8)])
     np.testing.assert_allclose(together, one_by_one, rtol=1e-6, atol=1e-6)
+
+
+def test_calls_leave_no_patch_matrix_for_the_garbage_collector(tmp_path):
+    """A convolution's backward once held a `weights_only` closing over itself: a
+    reference cycle that kept the forward's patch matrix until a collection ran."""
+    import gc
+    import tracemalloc
+
+    from gradcheck import engine_grads
+
+    model = build_model("keras", lambda k: k.layers.Conv2D(16, 3, padding="same"), (32, 32, 8))
+    ours = kerascheck.load(save(model, str(tmp_path), "keras"))
+    x, dy = make_input((4, 32, 32, 8)), make_input((4, 32, 32, 16), seed=1)
+    ours.predict(x), engine_grads(ours, x, dy, training=True)  # warm-up
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            ours.predict(x)
+            engine_grads(ours, x, dy, training=True)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    patches = 4 * 32 * 32 * 9 * 8 * 4  # bytes of one call's patch matrix
+    assert grown < patches / 4, f"{grown} bytes left behind by 6 calls"

@@ -232,7 +232,7 @@ def _col2im(dz, kernel, sizes, strides, dilation, before, groups):
     # (groups, N, *k, in/g) -> (N, *k, groups, in/g): channel g*in/g + c, as in x.
     cols = np.moveaxis(cols.reshape(groups, -1, *ksize, per_group), 0, -2)
     cols = cols.reshape(*dz.shape[:-1], *ksize, groups * per_group)
-    return overlap_add(cols, sizes, strides, dilation, before)
+    return threads.over_batch(lambda c: overlap_add(c, sizes, strides, dilation, before), cols)
 
 
 def overlap_add(cols, sizes, strides, dilation, before):
@@ -471,6 +471,21 @@ def pad_or_crop(x, pads):
 # -- the layer classes ---------------------------------------------------------
 
 
+class _InputOptional:
+    """`backward(dz, need_input=True)` with a `weights_only(dz)` variant. A function
+    attribute closing over its own function would be a reference cycle, which only the
+    garbage collector frees, and with it the forward's kept patch matrix."""
+
+    def __init__(self, backward):
+        self.backward = backward
+
+    def __call__(self, dz, need_input=True):
+        return self.backward(dz, need_input)
+
+    def weights_only(self, dz):
+        return self.backward(dz, need_input=False)
+
+
 class _Convolution(Layer):
     """What every convolution layer reads from its config and does around the core.
 
@@ -535,8 +550,7 @@ class _Convolution(Layer):
                 grads["bias"] = dy.sum(axis=tuple(range(dy.ndim - 1)))
             return (None if dx is None else from_channels_last(dx, self.data_format)), grads
 
-        backward.weights_only = lambda dz: backward(dz, need_input=False)
-        return from_channels_last(y, self.data_format), backward
+        return from_channels_last(y, self.data_format), _InputOptional(backward)
 
     def convolve_vjp(self, x):
         """(bias-free result, backward) on a channels-last `x`;
