@@ -232,7 +232,7 @@ def _col2im(dz, kernel, sizes, strides, dilation, before, groups):
     # (groups, N, *k, in/g) -> (N, *k, groups, in/g): channel g*in/g + c, as in x.
     cols = np.moveaxis(cols.reshape(groups, -1, *ksize, per_group), 0, -2)
     cols = cols.reshape(*dz.shape[:-1], *ksize, groups * per_group)
-    return threads.over_batch(lambda c: overlap_add(c, sizes, strides, dilation, before), cols)
+    return overlap_add(cols, sizes, strides, dilation, before)
 
 
 def overlap_add(cols, sizes, strides, dilation, before):
@@ -251,11 +251,20 @@ def overlap_add(cols, sizes, strides, dilation, before):
     takes 16 adds instead of 49, 2.3x faster. Elsewhere a block is one tap.
     """
     rank = len(sizes)
-    batch, channels = cols.shape[0], cols.shape[-1]
+    channels = cols.shape[-1]
     out = cols.shape[1 : rank + 1]
     ksize = cols.shape[rank + 1 : 2 * rank + 1]
     if math.prod(ksize) == 1 and tuple(out) == tuple(sizes) and not any(before):
         return cols.reshape(*cols.shape[: rank + 1], channels)  # 1x1, stride 1: nothing overlaps
+    return threads.over_batch(lambda c: _add_windows(c, sizes, strides, dilation, before), cols)
+
+
+def _add_windows(cols, sizes, strides, dilation, before):
+    """`overlap_add` where windows overlap or skip positions."""
+    rank = len(sizes)
+    batch, channels = cols.shape[0], cols.shape[-1]
+    out = cols.shape[1 : rank + 1]
+    ksize = cols.shape[rank + 1 : 2 * rank + 1]
     blocks = [s if d == 1 else 1 for s, d in zip(strides, dilation)]
     extents = [
         -(-max(n + b, (o - 1) * s + effective_size(k, d)) // blk) * blk  # a multiple of blk

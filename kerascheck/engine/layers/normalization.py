@@ -133,7 +133,7 @@ def batch_normalize_vjp(x, axes, epsilon, gamma=None, beta=None):
     # One block of the batch per thread (threads.py); the blocks' partial sums add up.
     parts = threads.blocks(x.shape[0], x.size) if 0 in axes else [slice(None)]
     count = _c(x, x.size // int(np.prod(shape)))
-    total = threads.block_sum(lambda part: np.sum(x[part], axis=axes, keepdims=True), parts)
+    total = threads.block_sum(lambda part: _channel_sum(x[part], axes, shape), parts)
     mean = (total / count).astype(x.dtype, copy=False)
     centered = np.empty_like(x)
 
@@ -156,20 +156,22 @@ def batch_normalize_vjp(x, axes, epsilon, gamma=None, beta=None):
     def backward(dy):
         def sums(part):
             return (
-                np.sum(dy[part], axis=axes, keepdims=True),
+                _channel_sum(dy[part], axes, shape),
                 _channel_dot(dy[part], centered[part], axes, shape),
             )
 
         sum_dy, sum_dy_centered = threads.block_sum(sums, parts)
-        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = centered * inv
-        along_centered = -scale * inv * inv * (sum_dy_centered / count)
-        constant = scale * (sum_dy / count)
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = centered * inv,
+        # in four in-place passes over each block
+        along_centered = inv * inv * (sum_dy_centered / count)
+        mean_dy = sum_dy / count
         dx = np.empty_like(x)
 
         def combine(part):
             block = np.multiply(centered[part], along_centered, out=dx[part])
-            block -= constant
-            block += np.multiply(dy[part], scale, dtype=block.dtype)
+            block += mean_dy
+            np.subtract(dy[part], block, out=block)
+            block *= scale
 
         threads.over_blocks(combine, parts)
         d_gamma = None if gamma is None else sum_dy_centered * inv
@@ -179,11 +181,22 @@ def batch_normalize_vjp(x, axes, epsilon, gamma=None, beta=None):
     return y, backward, mean, variance
 
 
+def _channel_sum(a, axes, shape):
+    """sum(a) over `axes`, kept as size-1 dims (`shape`); einsum's is faster than np.sum's."""
+    letters, kept = _letters(a.ndim, axes)
+    return np.einsum(f"{letters}->{kept}", a).reshape(shape)
+
+
 def _channel_dot(a, b, axes, shape):
     """sum(a * b) over `axes`, kept as size-1 dims (`shape`), without the product array."""
-    letters = "abcdefghijklmnopqrstuvwxyz"[: a.ndim]
-    kept = "".join(letter for i, letter in enumerate(letters) if i not in axes)
+    letters, kept = _letters(a.ndim, axes)
     return np.einsum(f"{letters},{letters}->{kept}", a, b).reshape(shape)
+
+
+def _letters(ndim, axes):
+    """einsum subscripts of an array of rank `ndim`, and of those not summed over `axes`."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[:ndim]
+    return letters, "".join(letter for i, letter in enumerate(letters) if i not in axes)
 
 
 def inverse_root_backward(dz, x, u, inv, axes, reduce=np.mean):
