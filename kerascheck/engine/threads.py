@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,7 @@ import numpy as np
 
 MIN_ELEMENTS = 1 << 18  # below about 1 MB of float32, a hand-off costs more than it saves
 PIECE = 1 << 18  # elements of one piece of `chunked`: its temporaries stay in a core's cache
+SMALL = max(PIECE, MIN_ELEMENTS)  # `chunked` calls `fn` at once up to this size
 
 _pool: ThreadPoolExecutor | None = None
 _inside_split = contextvars.ContextVar("kerascheck_inside_split", default=False)
@@ -156,11 +158,13 @@ def chunked(fn, *arrays):
     then runs each pass over a piece that stays in cache, and the temporaries are
     piece-sized: 2.7x faster on a 28 MB activation on 2 cores, results unchanged.
     """
-    given = [a for a in arrays if a is not None]
-    shape = np.shape(given[0])
-    size = int(np.prod(shape))
-    if size <= max(PIECE, MIN_ELEMENTS) or any(np.shape(a) != shape for a in given):
+    first = arrays[0]
+    if np.size(first) <= SMALL:  # the common case in recurrent steps: no more checks
         return fn(*arrays)
+    shape = np.shape(first)
+    if any(a is not None and np.shape(a) != shape for a in arrays):
+        return fn(*arrays)
+    size = math.prod(shape)
     flat = [None if a is None else np.ravel(a) for a in arrays]
 
     def piece(start, stop):
