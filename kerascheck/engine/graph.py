@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import KerascheckError
 from ..loading.spec import CallSpec, ModelSpec, TensorRef, resolve
 from .base import Context, Layer
+from .fusion import folds
 from .registry import create_layer
 
 
@@ -30,12 +31,14 @@ class Graph:
             if layer.class_name != "InputLayer"
         }
         self._released_after = self._release_schedule()
+        self._folds = folds(spec, self.layers)
 
     def run(self, inputs: list[np.ndarray], keep: bool = True, input_masks=None):
         """Return (model outputs, {call name: output}) for one batch.
 
-        With `keep=False` the per-call dict is empty and intermediate values are
-        dropped as soon as nothing else needs them.
+        With `keep=False` the per-call dict is empty, intermediate values are
+        dropped as soon as nothing else needs them, and an inference
+        BatchNormalization is folded into the layer before it (`fusion`).
         """
         values: dict[tuple[str, int], object] = {
             (spec.name, 0): array for spec, array in zip(self.spec.inputs, inputs)
@@ -45,8 +48,20 @@ class Graph:
             for spec, mask in zip(self.spec.inputs, input_masks or [None] * len(inputs))
         }
         per_call = {}
+        passed_on = {}  # BatchNormalization position -> the folded call's key
         for position, call in enumerate(self.spec.calls):
-            output, mask = self.run_call(call, values, masks)
+            layer = None
+            if not keep and position in self._folds:
+                fold, norm_position = self._folds[position]
+                first = _pick(values, call.inputs[0]) if call.inputs else None
+                layer = fold.layer_for(np.ndim(first)) if first is not None else None
+                if layer is not None:
+                    passed_on[norm_position] = (call.layer, call.index)
+            if position in passed_on:
+                key = passed_on.pop(position)
+                output, mask = values[key], masks[key]
+            else:
+                output, mask, _ = self._invoke(call, values, masks, None, layer)
             values[(call.layer, call.index)] = output
             masks[(call.layer, call.index)] = mask
             if keep:
@@ -72,8 +87,8 @@ class Graph:
         """(output, output mask, backward) of one call; see `Layer.vjp`."""
         return self._invoke(call, values, masks, (training, noise))
 
-    def _invoke(self, call: CallSpec, values: dict, masks: dict | None, differentiate):
-        layer = self.layers[call.layer]
+    def _invoke(self, call: CallSpec, values: dict, masks: dict | None, differentiate, layer=None):
+        layer = layer or self.layers[call.layer]
         masks = masks or {}
         first = [_pick(values, ref) for ref in call.inputs]
         first_mask = [_pick(masks, ref) for ref in call.inputs]
@@ -152,6 +167,14 @@ class Graph:
             if position < len(schedule):
                 schedule[position].append(key)
         return schedule
+
+    def folded_pairs(self) -> list[tuple[str, str]]:
+        """(call, BatchNormalization call) pairs `run(keep=False)` has folded so far."""
+        return [
+            fold.names
+            for fold, _ in self._folds.values()
+            if any(layer is not None for layer in fold.folded.values())
+        ]
 
     def param_count(self) -> int:
         return sum(layer.param_count() for layer in self.layers.values())

@@ -1,0 +1,127 @@
+"""`predict` folds an inference BatchNormalization into the convolution or Dense before it.
+
+Each model is saved with random weights and BatchNormalization statistics
+(moving variance 0.5-2, means and offsets of either sign), so a fold that
+forgets the bias, the mean or the offset, or scales the wrong axis, is off by
+far more than the tolerance. Both the folded `predict` and the unfolded
+per-call `run` are compared with Keras, and the test states whether the pair
+must fold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import FLAVORS, assert_matches, build_model, keras_predict, make_input, save
+
+import kerascheck
+
+
+def chain(make_first, norm=None, then=None):
+    def make(k):
+        def apply(x):
+            y = make_first(k)(x)
+            z = k.layers.BatchNormalization(**(norm or {}))(y)
+            return then(k, y, z) if then else z
+
+        return apply
+
+    return make
+
+
+def conv(**kw):
+    return lambda k: k.layers.Conv2D(**kw)
+
+
+CASES = [
+    # id, make, input shape, folds
+    (
+        "conv-same-s2",
+        chain(conv(filters=5, kernel_size=3, strides=2, padding="same")),
+        (9, 8, 3),
+        True,
+    ),
+    ("conv-nobias", chain(conv(filters=4, kernel_size=3, use_bias=False)), (7, 7, 2), True),
+    ("conv-1x1-nobias", chain(conv(filters=6, kernel_size=1, use_bias=False)), (5, 6, 4), True),
+    ("conv-no-scale", chain(conv(filters=4, kernel_size=2), dict(scale=False)), (6, 5, 3), True),
+    ("conv-no-center", chain(conv(filters=4, kernel_size=2), dict(center=False)), (6, 5, 3), True),
+    (
+        "conv-groups",
+        chain(conv(filters=6, kernel_size=3, groups=2, padding="same")),
+        (6, 7, 4),
+        True,
+    ),
+    (
+        "conv-channels-first",
+        chain(conv(filters=5, kernel_size=3, data_format="channels_first"), dict(axis=1)),
+        (3, 7, 8),
+        True,
+    ),
+    (
+        "conv1d-causal",
+        chain(lambda k: k.layers.Conv1D(4, 3, padding="causal", dilation_rate=2)),
+        (9, 3),
+        True,
+    ),
+    ("conv3d", chain(lambda k: k.layers.Conv3D(3, 2, padding="same")), (4, 5, 4, 2), True),
+    (
+        "depthwise-multiplier",
+        chain(lambda k: k.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same")),
+        (7, 6, 3),
+        True,
+    ),
+    (
+        "separable",
+        chain(lambda k: k.layers.SeparableConv2D(5, 3, strides=2, use_bias=False)),
+        (9, 8, 3),
+        True,
+    ),
+    ("dense", chain(lambda k: k.layers.Dense(6)), (5,), True),
+    ("dense-3d", chain(lambda k: k.layers.Dense(6)), (4, 5), True),
+    # the BatchNormalization is not an affine map of each output channel: no fold
+    ("dense-3d-axis-1", chain(lambda k: k.layers.Dense(6), dict(axis=1)), (4, 5), False),
+    ("conv-axis-1", chain(conv(filters=4, kernel_size=3), dict(axis=1)), (6, 6, 3), False),
+    # the convolution's activation comes between: no fold
+    ("conv-relu", chain(conv(filters=4, kernel_size=3, activation="relu")), (6, 6, 3), False),
+    # the convolution's own output is read again: no fold
+    (
+        "conv-read-twice",
+        chain(conv(filters=4, kernel_size=3), then=lambda k, y, z: k.layers.Add()([y, z])),
+        (6, 6, 3),
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("make, shape, folds", [pytest.param(*c[1:], id=c[0]) for c in CASES])
+def test_predict_folds_batch_normalization(tmp_path, flavor, make, shape, folds):
+    model = build_model(flavor, make, shape)
+    path = save(model, tmp_path, flavor)
+    x = make_input((3, *shape))
+    expected = keras_predict(model, x)
+    engine = kerascheck.load(path)
+
+    predicted = engine.predict(x)
+    assert bool(engine.graph.folded_pairs()) == folds, engine.graph.folded_pairs()
+    assert_matches(predicted, expected, what=f"{flavor} predict")
+    # the per-call run computes both calls as written, and agrees with Keras too
+    unfolded = engine.run(x)[model.layers[-1].name]
+    assert_matches(unfolded, expected, what=f"{flavor} run")
+    scale = float(np.max(np.abs(expected)))
+    assert float(np.max(np.abs(predicted - unfolded))) <= 1e-5 * scale
+
+
+def test_fold_keeps_the_mean_far_from_zero(tmp_path):
+    """|moving mean| >> spread: the folded bias cancels as Keras 3's own formula does."""
+    model = build_model("keras", chain(conv(filters=4, kernel_size=3)), (6, 6, 3))
+    weights = model.get_weights()  # kernel, bias, gamma, beta, moving mean, variance
+    weights[1] = weights[1] + 300.0
+    weights[4] = weights[4] + 300.0
+    model.set_weights(weights)
+    path = save(model, tmp_path, "keras")
+    x = make_input((3, 6, 6, 3))
+    engine = kerascheck.load(path)
+    assert engine.graph.folded_pairs() == [] and engine.predict(x) is not None
+    assert engine.graph.folded_pairs() == [(model.layers[1].name, model.layers[2].name)]
+    assert_matches(engine.predict(x), keras_predict(model, x))
