@@ -179,8 +179,7 @@ class ErrorStats:
         if ours.dtype.kind not in "biuf" or theirs.dtype.kind not in "biuf":
             self._update_exact(ours, theirs, offset)
             return
-        if np.isfinite(ours).all() and np.isfinite(theirs).all():
-            self._update_finite(ours, theirs, offset)
+        if self._update_finite(ours, theirs, offset):
             return
         a, b = ours.astype(np.float64), theirs.astype(np.float64)
         for side, x in (("engine", a), ("keras", b)):
@@ -207,11 +206,13 @@ class ErrorStats:
         self.norm_theirs += float(np.sum(b0 * b0))
         self.scale = max(self.scale, float(np.max(np.abs(b0))))
 
-    def _update_finite(self, ours, theirs, offset: int) -> None:
-        """`update` when every value is finite (nearly always), in a few passes over
-        pieces that stay in cache, spread over the threads: float32 outputs are
-        subtracted in float32 (the difference of two close values is exact, and any other
-        is rounded by 2^-24 of itself), every sum accumulates in float64."""
+    def _update_finite(self, ours, theirs, offset: int) -> bool:
+        """`update` when every value is finite (nearly always; False, and nothing
+        counted, when one is not), in a few passes over pieces that stay in cache,
+        spread over the threads. Float32 outputs are subtracted in float32 (the
+        difference of two close values is exact, and any other is rounded by 2^-24 of
+        itself). The squared norms accumulate in float64: they are finite exactly when
+        every value is, so no separate pass looks for NaN and inf."""
         if ours.dtype == theirs.dtype == np.float32:
             a, b = ours.ravel(), theirs.ravel()
         else:
@@ -220,6 +221,8 @@ class ErrorStats:
             lambda part: _piece_stats(a[part], b[part], part.start),
             threads.blocks(a.size, a.size, pieces=True),
         )
+        if not all(np.isfinite(p[5]) and np.isfinite(p[6]) for p in pieces):
+            return False
         # max keeps the first of equal pieces: the first position of the largest difference
         largest, flat = max((p[:2] for p in pieces), key=lambda item: item[0])
         if not np.isfinite(largest):  # a float32 difference beyond float32's range
@@ -238,6 +241,7 @@ class ErrorStats:
         self.norm_ours += totals[3]
         self.norm_theirs += totals[4]
         self.scale = max(self.scale, *(p[7] for p in pieces))
+        return True
 
     def _update_exact(self, ours, theirs, offset: int) -> None:
         differs = np.asarray(ours.astype(str) != theirs.astype(str))
@@ -302,19 +306,28 @@ def _float64(x: np.ndarray) -> np.ndarray:
 
 def _piece_stats(a: np.ndarray, b: np.ndarray, start: int) -> tuple:
     """(largest |a - b|, its first flat position counted from `start`, sum |a - b|,
-    sum (a - b)^2, sum a*b, sum a^2, sum b^2, max |b|) of one piece of two flat arrays."""
-    with np.errstate(over="ignore"):
+    sum (a - b)^2, sum a*b, sum a^2, sum b^2, max |b|) of one piece of two flat arrays.
+
+    The squared norms are float64 sums; the differences' sums are NumPy's pairwise
+    sums in the arrays' own precision (relative error about log2(n) ulps, and they
+    are reported to a few digits), redone in float64 if the squares overflow; a*b
+    is (a^2 + b^2 - (a - b)^2) / 2, which saves a pass."""
+    with np.errstate(over="ignore", invalid="ignore"):
         diff = np.subtract(a, b)
-    np.abs(diff, out=diff)
+        np.abs(diff, out=diff)
+        squares = float(np.dot(diff, diff))
+    if not np.isfinite(squares):
+        squares = _dot64(diff, diff)
     flat = int(np.argmax(diff))
+    norm_a, norm_b = _dot64(a, a), _dot64(b, b)
     return (
         float(diff[flat]),
         start + flat,
-        float(np.sum(diff, dtype=np.float64)),
-        _dot64(diff, diff),
-        _dot64(a, b),
-        _dot64(a, a),
-        _dot64(b, b),
+        float(np.sum(diff, dtype=np.float64 if a.dtype != np.float32 else None)),
+        squares,
+        (norm_a + norm_b - squares) / 2,
+        norm_a,
+        norm_b,
         max(float(np.max(b)), -float(np.min(b))),
     )
 

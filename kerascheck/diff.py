@@ -18,10 +18,13 @@ ground truth, and both float32 sides (Keras' output and the engine's own output)
 are measured against it; for outputs only, the whole float64 run is the ground truth.
 
 Inputs are processed in batches; statistics accumulate, so the numbers equal a
-one-batch run. Layer by layer, a batch is also capped so that both sides' per-call
-outputs fit half the memory limit (`fitting_batch`, measured on one sample), and
-each call's own output is compared as soon as it is computed and then dropped:
-peak memory is bounded by the limit and flat in the number of samples.
+one-batch run. Layer by layer, Keras replays a batch call by call and the engine
+computes each call (from its own values, and from Keras') as soon as Keras has:
+every output is compared and dropped at once, and each side holds only the values
+later calls still read (`_LayerWalk`). A batch is also capped so that both sides'
+per-call outputs would fit a share of the memory limit (`fitting_batch`, measured
+on one sample), a bound the walk stays under: peak memory is bounded by the limit
+and flat in the number of samples.
 """
 
 from __future__ import annotations
@@ -123,46 +126,47 @@ def diff_model(
     collected: dict[str, list] = {}
     for number, offset in enumerate(starts):
         batch = [np.asarray(a[offset : offset + step]) for a in inputs]
-        start = time.perf_counter()
-        ours, ours_outputs, ours_masks = _engine_batch(model, batch, layer_wise)
-        phases.add("engine", time.perf_counter() - start)
-        start = time.perf_counter()
-        keras_outputs, keras_calls, check = runner.run_batch(batch, keep=layer_wise)
-        phases.add("Keras", time.perf_counter() - start)
-        start = time.perf_counter()
+        if layer_wise:
+            walk = _LayerWalk(
+                model, reference, batch, offset, carried, own, truth, collected if collect else None
+            )
+            start = time.perf_counter()
+            keras_outputs, _, check = runner.run_batch(batch, keep=False, each=walk.step)
+            phases.add("engine", walk.engine)
+            phases.add("Keras", time.perf_counter() - start - walk.engine - walk.own)
+            start = time.perf_counter()
+            ours_outputs = walk.finish()
+        else:
+            start = time.perf_counter()
+            ours, ours_outputs, _ = _engine_batch(model, batch, layer_wise)
+            phases.add("engine", time.perf_counter() - start)
+            start = time.perf_counter()
+            keras_outputs, _, check = runner.run_batch(batch, keep=False)
+            phases.add("Keras", time.perf_counter() - start)
+            start = time.perf_counter()
+            theirs = dict(zip(spec.output_names, keras_outputs))
+            for name, _ in rows:
+                carried[name].update(ours[name], theirs[name], offset)
+                if collect:
+                    collected.setdefault(f"numpy/{name}", []).append(ours[name])
+                    collected.setdefault(f"keras/{name}", []).append(theirs[name])
+            if truth is not None:
+                exact = _engine_batch(reference, batch, layer_wise)[0]
+                for name, _ in rows:
+                    truth[name][0].update(theirs[name], exact[name], offset)
+                    truth[name][1].update(ours[name], exact[name], offset)
+            del ours, theirs
         graph_check = max(graph_check, check)
-        theirs = keras_calls if layer_wise else dict(zip(spec.output_names, keras_outputs))
-        for name, _ in rows:
-            carried[name].update(ours[name], theirs[name], offset)
         if ends is not None:
             for (name, _), value in zip(outputs, keras_outputs):
                 ends[name].update(ours_outputs[name], value, offset)
-        del ours_outputs
-        if collect:
-            for name, _ in rows:
-                collected.setdefault(f"numpy/{name}", []).append(ours[name])
-                collected.setdefault(f"keras/{name}", []).append(theirs[name])
-        if own is not None:
-            del ours  # each call's own output is compared as soon as it is computed
-            mine = _own_outputs(model, spec, batch, keras_calls, ours_masks)
-            exact = (
-                _own_outputs(reference, spec, _float64(batch), _float64(keras_calls), ours_masks)
-                if truth is not None
-                else None
-            )
-            for name, value in mine:
-                own[name].update(value, theirs[name], offset)
-                if exact is not None:  # each layer in float64 on Keras' inputs: exact for it
-                    _, exact_value = next(exact)
-                    truth[name][0].update(theirs[name], exact_value, offset)
-                    truth[name][1].update(value, exact_value, offset)
-        elif truth is not None:
-            exact = _engine_batch(reference, batch, layer_wise)[0]
-            for name, _ in rows:
-                truth[name][0].update(theirs[name], exact[name], offset)
-                truth[name][1].update(ours[name], exact[name], offset)
-        del theirs, keras_calls, keras_outputs
-        phases.add("own errors" if own is not None else "compare", time.perf_counter() - start)
+        del ours_outputs, keras_outputs
+        seconds = time.perf_counter() - start
+        if layer_wise:
+            phases.add("own errors", walk.own + seconds)
+            del walk
+        else:
+            phases.add("compare", seconds)
         if progress is not None:
             progress(number + 1, len(starts))
     comparison = Comparison(tolerance=policy.default)
@@ -321,28 +325,67 @@ def _output_rows(spec: ModelSpec) -> list[tuple[str, str]]:
 
 def _engine_batch(model: EngineModel, batch: list[np.ndarray], layer_wise: bool):
     """({row name: output}, {model output name: output}, masks) of one engine batch."""
-    arrays = [np.asarray(a, dtype=model.context.dtype) if a.dtype.kind == "f" else a for a in batch]
-    outputs, per_call = model.graph.run(arrays, keep=layer_wise)
+    outputs, per_call = model.graph.run(_engine_arrays(model, batch), keep=layer_wise)
     named = dict(zip(model.spec.output_names, outputs))
     if layer_wise:
         return per_call, named, model.graph.masks
     return named, named, {}
 
 
-def _own_outputs(model, spec, batch, keras_calls: dict, masks: dict):
-    """(call name, output) of each call computed by the engine from Keras' own values
-    of its inputs, one at a time (so only one is held)."""
-    values = {(i.name, 0): a for i, a in zip(spec.inputs, batch)}
-    for call in spec.calls:
-        values[(call.layer, call.index)] = keras_calls[call.name]
-    for call in spec.calls:
-        yield call.name, model.graph.run_call(call, values, masks)[0]
+def _engine_arrays(model: EngineModel, batch: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(a, dtype=model.context.dtype) if a.dtype.kind == "f" else a for a in batch]
 
 
-# What one sample costs in a layer-by-layer batch: every call's output held by the
-# engine and by Keras (together, for the carried error) and Keras' tensors before
-# they become NumPy arrays; plus the largest working memory of one call (im2col
-# windows and the like), once for each side.
+class _LayerWalk:
+    """One batch compared layer by layer while Keras replays it, call by call.
+
+    For each call Keras computes (`step`), the engine computes the same call twice:
+    from its own values (carried error) and from the values Keras gave the call's
+    inputs (own error; with float64, the float64 engine does too). Each output is
+    compared and dropped at once, and each side drops a value as soon as no later
+    call reads it, so a batch holds only the values still to be read, never every
+    call's output (for ResNet50 at 224x224 that is several hundred MB a sample less,
+    and memory the next calls reuse instead of new memory to be handed over).
+    """
+
+    def __init__(self, model, reference, batch, offset, carried, own, truth, collected):
+        self.model, self.reference, self.offset = model, reference, offset
+        self.carried, self.own_stats, self.truth = carried, own, truth
+        self.collected = collected  # None unless every output is collected
+        self.walk = model.graph.steps(_engine_arrays(model, batch))
+        self.engine = self.own = 0.0  # seconds in each
+
+    def step(self, call, theirs, inputs: dict) -> None:
+        start = time.perf_counter()
+        _, ours = next(self.walk)  # the same call: both walk the spec's calls in order
+        self.carried[call.name].update(ours, theirs, self.offset)
+        if self.collected is not None:
+            self.collected.setdefault(f"numpy/{call.name}", []).append(ours)
+            self.collected.setdefault(f"keras/{call.name}", []).append(theirs)
+        del ours
+        middle = time.perf_counter()
+        masks = self.model.graph.masks
+        mine = self.model.graph.run_call(call, inputs, masks)[0]
+        self.own_stats[call.name].update(mine, theirs, self.offset)
+        if self.truth is not None:  # each layer in float64 on Keras' inputs: exact for it
+            exact = self.reference.graph.run_call(call, _float64(inputs), masks)[0]
+            self.truth[call.name][0].update(theirs, exact, self.offset)
+            self.truth[call.name][1].update(mine, exact, self.offset)
+        self.engine += middle - start
+        self.own += time.perf_counter() - middle
+
+    def finish(self) -> dict:
+        """{model output name: the engine's output}, once Keras has replayed every call."""
+        for _ in self.walk:  # nothing is left: Keras replayed every call
+            raise KerascheckError("the Keras replay stopped before the engine's last call")
+        return dict(zip(self.model.spec.output_names, self.model.graph.outputs))
+
+
+# What one sample may cost in a layer-by-layer batch, bounded from above: every
+# call's output held by the engine and by Keras and Keras' tensors before they
+# become NumPy arrays (the walk holds only the values later calls read, far less);
+# plus the largest working memory of one call (im2col windows and the like), once
+# for each side.
 COPIES_HELD = 3
 WORKING_COPIES = 2
 # The share of --max-memory all that may take; the rest is the two models' weights,

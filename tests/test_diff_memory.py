@@ -1,8 +1,9 @@
 """`diff --layer-wise` memory: batches sized from the model's activations and the limit.
 
-Every layer's output is held from both sides for a batch, so the batch is chosen to
-fit half of `--max-memory`; peak resident memory then stays flat in the number of
-samples, and the statistics equal those of one big batch.
+The batch is chosen so that every layer's output from both sides would fit a share
+of `--max-memory` (the layer-by-layer walk holds far less: only the values later
+calls read); peak resident memory then stays flat in the number of samples, and
+the statistics equal those of one big batch.
 """
 
 from __future__ import annotations

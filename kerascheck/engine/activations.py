@@ -455,6 +455,24 @@ def apply(fn, x):
     return fn(x) if fn in ALONG_AXIS or fn in ONE_PASS else threads.chunked(fn, x)
 
 
+def apply_in_place(fn, x):
+    """`apply(fn, x)`, written over `x` itself when `fn` is elementwise and `x` is a
+    C-contiguous float array (a new array otherwise). For an `x` nothing else reads."""
+    if fn is linear:
+        return x
+    if fn in ALONG_AXIS or x.dtype.kind != "f" or not x.flags.c_contiguous:
+        return apply(fn, x)
+    if fn is relu or fn is relu6:
+        return clip_in_place(x, 0.0, 6.0 if fn is relu6 else None)
+    return threads.chunked(fn, x, out=x)
+
+
+def clip_in_place(x, low, high=None):
+    """x clipped to [low, high] (high None: no upper bound) in place, as `relu` clips."""
+    top = np.inf if high is None else high
+    return threads.elementwise(np.clip, x, x, _c(x, low), _c(x, top))
+
+
 def backward(fn, x, y, dy):
     """Gradient with respect to the input of activation `fn`, at input `x` and output `y`."""
     try:

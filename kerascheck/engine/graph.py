@@ -7,9 +7,9 @@ import inspect
 import numpy as np
 
 from ..errors import KerascheckError
-from ..loading.spec import CallSpec, ModelSpec, TensorRef, resolve
+from ..loading.spec import CallSpec, ModelSpec, TensorRef, release_schedule, resolve
 from .base import Context, Layer
-from .fusion import folds
+from .fusion import folds, in_place
 from .registry import create_layer
 
 
@@ -30,15 +30,30 @@ class Graph:
             for name, layer in spec.layers.items()
             if layer.class_name != "InputLayer"
         }
-        self._released_after = self._release_schedule()
+        self._released_after = release_schedule(spec)
         self._folds = folds(spec, self.layers)
+        self._in_place = in_place(spec, self.layers)
 
     def run(self, inputs: list[np.ndarray], keep: bool = True, input_masks=None):
         """Return (model outputs, {call name: output}) for one batch.
 
         With `keep=False` the per-call dict is empty, intermediate values are
-        dropped as soon as nothing else needs them, and an inference
-        BatchNormalization is folded into the layer before it (`fusion`).
+        dropped as soon as nothing else needs them, an inference
+        BatchNormalization is folded into the layer before it and an activation
+        overwrites an input nothing else reads (`fusion`).
+        """
+        per_call = {}
+        for call, output in self.steps(inputs, keep, input_masks, fold=not keep):
+            if keep:
+                per_call[call.name] = output
+        return self.outputs, per_call
+
+    def steps(self, inputs: list[np.ndarray], keep: bool = False, input_masks=None, fold=False):
+        """Yield (call, output) for every call in order, each as soon as it is computed.
+
+        Without `keep`, values no later call reads are dropped as the walk goes
+        (with `fold`, masks too). When the walk ends, `outputs`, `output_masks` and
+        `masks` hold the model outputs, their masks and every call's mask.
         """
         values: dict[tuple[str, int], object] = {
             (spec.name, 0): array for spec, array in zip(self.spec.inputs, inputs)
@@ -47,33 +62,38 @@ class Graph:
             (spec.name, 0): mask
             for spec, mask in zip(self.spec.inputs, input_masks or [None] * len(inputs))
         }
-        per_call = {}
+        self.masks = masks
         passed_on = {}  # BatchNormalization position -> the folded call's key
         for position, call in enumerate(self.spec.calls):
             layer = None
-            if not keep and position in self._folds:
-                fold, norm_position = self._folds[position]
+            if fold and position in self._folds:
+                pair, norm_position = self._folds[position]
                 first = _pick(values, call.inputs[0]) if call.inputs else None
-                layer = fold.layer_for(np.ndim(first)) if first is not None else None
+                layer = pair.layer_for(np.ndim(first)) if first is not None else None
                 if layer is not None:
                     passed_on[norm_position] = (call.layer, call.index)
             if position in passed_on:
                 key = passed_on.pop(position)
                 output, mask = values[key], masks[key]
+            elif fold and position in self._in_place and self.layers[call.layer].built:
+                key = self._in_place[position]
+                output = self.layers[call.layer].call_in_place(values[key])
+                mask = masks.get(key)
             else:
                 output, mask, _ = self._invoke(call, values, masks, None, layer)
             values[(call.layer, call.index)] = output
             masks[(call.layer, call.index)] = mask
-            if keep:
-                per_call[call.name] = output
-            else:
+            yield call, output
+            del output
+            if not keep:
                 for key in self._released_after[position]:
                     values.pop(key, None)
-                    masks.pop(key, None)
-        outputs = [_pick(values, ref) for ref in self.spec.outputs]
+                    if fold:
+                        masks.pop(key, None)
+        self.outputs = [_pick(values, ref) for ref in self.spec.outputs]
         self.output_masks = [_pick(masks, ref) for ref in self.spec.outputs]
-        self.masks = masks if keep else {}
-        return outputs, per_call
+        if fold:
+            self.masks = {}
 
     def run_call(self, call: CallSpec, values: dict, masks: dict | None = None):
         """Compute one call from the values (and masks) of the tensors it reads.
@@ -154,20 +174,6 @@ class Graph:
                 if f"{name}_mask" in params and kwargs.get(f"{name}_mask") is None:
                     kwargs[f"{name}_mask"] = value
 
-    def _release_schedule(self) -> list[list[tuple[str, int]]]:
-        """For each call position, the values no later call (nor the output) reads."""
-        last = {}
-        for position, call in enumerate(self.spec.calls):
-            for ref in call.refs:
-                last[(ref.layer, ref.call)] = position
-        for ref in self.spec.outputs:
-            last[(ref.layer, ref.call)] = len(self.spec.calls)
-        schedule = [[] for _ in self.spec.calls]
-        for key, position in last.items():
-            if position < len(schedule):
-                schedule[position].append(key)
-        return schedule
-
     def folded_pairs(self) -> list[tuple[str, str]]:
         """(call, BatchNormalization call) pairs `run(keep=False)` has folded so far."""
         return [
@@ -175,6 +181,10 @@ class Graph:
             for fold, _ in self._folds.values()
             if any(layer is not None for layer in fold.folded.values())
         ]
+
+    def in_place_calls(self) -> list[str]:
+        """Activation calls `run(keep=False)` computes over their input's memory."""
+        return [self.spec.calls[position].name for position in sorted(self._in_place)]
 
     def param_count(self) -> int:
         return sum(layer.param_count() for layer in self.layers.values())

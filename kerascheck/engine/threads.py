@@ -147,19 +147,28 @@ def copy(destination, source):
     return elementwise(lambda block, out: np.copyto(out, block), destination, source)
 
 
-def chunked(fn, *arrays):
+def chunked(fn, *arrays, out=None):
     """`fn(*arrays)` for an elementwise `fn` of same-shape arrays (None passes through),
     computed piece by piece into one output, the pieces spread over the threads.
 
     A function of several passes (swish's derivative makes six, with temporaries)
     then runs each pass over a piece that stays in cache, and the temporaries are
     piece-sized: 2.7x faster on a 28 MB activation on 2 cores, results unchanged.
+    `out`, a C-contiguous array of the same shape (it may be one of `arrays`: each
+    piece is read whole before its result is written), receives the result.
     """
     if np.size(arrays[0]) <= SMALL:  # the common case in recurrent steps: no more checks
-        return fn(*arrays)
+        if out is None:
+            return fn(*arrays)
+        out[...] = fn(*arrays)
+        return out
     shape = np.shape(arrays[0])
     if any(a is not None and np.shape(a) != shape for a in arrays):
-        return fn(*arrays)
+        result = fn(*arrays)
+        if out is None:
+            return result
+        out[...] = result
+        return out
     size = math.prod(shape)
     flat = [None if a is None else np.ravel(a) for a in arrays]
 
@@ -167,14 +176,15 @@ def chunked(fn, *arrays):
         return fn(*(None if f is None else f[start:stop] for f in flat))
 
     first = np.asarray(piece(0, PIECE))
-    out = np.empty(size, first.dtype)
+    result = out
+    out = np.empty(size, first.dtype) if out is None else out.reshape(size)
     out[:PIECE] = first
 
     def run(part):
         out[PIECE + part.start : PIECE + part.stop] = piece(PIECE + part.start, PIECE + part.stop)
 
     over_blocks(run, blocks(size - PIECE, size, pieces=True))
-    return out.reshape(shape)
+    return out.reshape(shape) if result is None else result
 
 
 @contextlib.contextmanager

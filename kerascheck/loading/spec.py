@@ -70,6 +70,24 @@ def tensor_refs(value) -> list[TensorRef]:
     return []
 
 
+def release_schedule(spec: ModelSpec) -> list[list[tuple[str, int]]]:
+    """For each call position, the values (layer, call index) no later call reads and
+    that are not model outputs: what a walk over the calls can drop after that call.
+    A call's output that nothing reads is dropped right after the call."""
+    last = {}
+    for position, call in enumerate(spec.calls):
+        for ref in call.refs:
+            last[(ref.layer, ref.call)] = position
+        last.setdefault((call.layer, call.index), position)
+    for ref in spec.outputs:
+        last[(ref.layer, ref.call)] = len(spec.calls)
+    schedule = [[] for _ in spec.calls]
+    for key, position in last.items():
+        if position < len(schedule):
+            schedule[position].append(key)
+    return schedule
+
+
 def resolve(value, lookup):
     """`value` with every TensorRef replaced by `lookup(ref)`, structure kept."""
     if isinstance(value, TensorRef):

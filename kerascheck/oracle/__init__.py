@@ -26,7 +26,7 @@ import numpy as np
 
 from ..engine.layers.recurrent import check_stateful_run
 from ..errors import KerascheckError
-from ..loading.spec import ModelSpec, resolve
+from ..loading.spec import ModelSpec, release_schedule, resolve
 
 FLAVORS = ("keras", "tf_keras")
 
@@ -196,17 +196,19 @@ class KerasRunner:
         self.load_seconds = time.perf_counter() - start - self.import_seconds
         self.seconds = 0.0
 
-    def run_batch(self, arrays: list[np.ndarray], keep: bool = True, strict: bool = True):
+    def run_batch(
+        self, arrays: list[np.ndarray], keep: bool = True, strict: bool = True, each=None
+    ):
         """(model outputs, {call name: output}, graph check) for one batch.
 
         strict: a replay that does not reproduce the whole model is the oracle's
-        failure (KerascheckError), not a finding about the model.
+        failure (KerascheckError), not a finding about the model. each: see `_replay`.
         """
         start = time.perf_counter()
         # fd 2 is muted for the first batch only (kernels' first-use notices), so a
         # progress bar on stderr keeps drawing during the later ones
         with quiet(native=self.seconds == 0.0):
-            result = _run_batch(self.model, self.spec, arrays, keep)
+            result = _run_batch(self.model, self.spec, arrays, keep, each)
         self.seconds += time.perf_counter() - start
         if strict:
             require_graph_agreement(result[2], result[0], self.flavor)
@@ -258,10 +260,10 @@ def run_keras(
     )
 
 
-def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
+def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool, each=None):
     """(whole-model outputs, {call name: output}, max |whole - replay|), in inference mode."""
     _reset_states(model)
-    stepwise, per_call = _replay(model, spec, arrays, keep)
+    stepwise, per_call = _replay(model, spec, arrays, keep, each)
     _reset_states(model)
     whole = model(arrays if len(arrays) > 1 else arrays[0], training=False)
     whole = [_numpy(w) for w in (whole if isinstance(whole, (list, tuple)) else [whole])]
@@ -276,13 +278,19 @@ def _run_batch(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
     return whole, per_call, check
 
 
-def _replay(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
+def _replay(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool, each=None):
     """(model outputs, {call name: output}): every call in the spec's order, eagerly,
     each with `training=False` where its call takes it, as model.predict runs it
-    (Keras 3's augmentation layers default to training=True when called bare)."""
+    (Keras 3's augmentation layers default to training=True when called bare).
+
+    With `each`, `each(call, output, inputs)` sees every call's output as soon as it
+    is computed, with the values of the tensors the call read (`inputs`, keyed like
+    the engine's values), all as NumPy arrays. Tensors no later call reads are
+    dropped as the replay goes."""
     import tensorflow as tf
 
     values = {(i.name, 0): tf.constant(a) for i, a in zip(spec.inputs, arrays)}
+    released = release_schedule(spec)
 
     def tensor(ref):
         value = values[(ref.layer, ref.call)]
@@ -290,7 +298,7 @@ def _replay(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
 
     per_call = {}
     operations = _operations(model)
-    for call in spec.calls:
+    for position, call in enumerate(spec.calls):
         first = [tensor(ref) for ref in call.inputs]
         args = resolve(call.args, tensor)
         kwargs = resolve(call.kwargs, tensor)
@@ -312,6 +320,11 @@ def _replay(model, spec: ModelSpec, arrays: list[np.ndarray], keep: bool):
         values[(call.layer, call.index)] = output
         if keep:
             per_call[call.name] = _numpy(output)
+        if each is not None:
+            read = {(ref.layer, ref.call) for ref in call.refs}
+            each(call, _numpy(output), {key: _numpy(values[key]) for key in read})
+        for key in released[position]:
+            values.pop(key, None)
     return [_numpy(tensor(ref)) for ref in spec.outputs], per_call
 
 

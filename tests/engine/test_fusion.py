@@ -125,3 +125,93 @@ def test_fold_keeps_the_mean_far_from_zero(tmp_path):
     assert engine.graph.folded_pairs() == [] and engine.predict(x) is not None
     assert engine.graph.folded_pairs() == [(model.layers[1].name, model.layers[2].name)]
     assert_matches(engine.predict(x), keras_predict(model, x))
+
+
+# -- activations computed over their input's memory ------------------------------
+
+
+def graph(body):
+    """A Functional model of one (32, 32, 8) image input: body(keras, x) -> output."""
+    return lambda k: lambda x: body(k, x)
+
+
+IN_PLACE = [
+    # id, body, calls that run in place
+    (
+        "conv-bn-relu",
+        lambda k, x: k.layers.Activation("relu")(
+            k.layers.BatchNormalization()(k.layers.Conv2D(16, 3, padding="same")(x))
+        ),
+        ["activation"],
+    ),
+    (
+        "conv-relu6-layer",
+        lambda k, x: k.layers.ReLU(max_value=6.0)(k.layers.Conv2D(16, 3, padding="same")(x)),
+        ["re_lu"],
+    ),
+    (
+        # swish over a tensor larger than one piece: written piece by piece
+        "dense-swish",
+        lambda k, x: k.layers.Activation("swish")(k.layers.Dense(300)(x)),
+        ["activation"],
+    ),
+    (
+        "add-relu",
+        lambda k, x: k.layers.Activation("relu")(k.layers.Add()([k.layers.Conv2D(8, 1)(x), x])),
+        ["activation"],
+    ),
+    # softmax is not elementwise: computed as usual, still right
+    ("dense-softmax", lambda k, x: k.layers.Activation("softmax")(k.layers.Dense(5)(x)), []),
+    # the model input is the user's array: never overwritten
+    ("input-relu", lambda k, x: k.layers.Activation("relu")(x), []),
+    # a Reshape's output is a view of its input, which the Add reads afterwards
+    (
+        "view-relu",
+        lambda k, x: k.layers.Add()(
+            [
+                x,
+                k.layers.Reshape((32, 32, 8))(
+                    k.layers.Activation("relu")(k.layers.Reshape((32, 256))(x))
+                ),
+            ]
+        ),
+        [],
+    ),
+    # the convolution's output is read twice: its ReLU gets a new array
+    (
+        "read-twice",
+        lambda k, x: (lambda y: k.layers.Add()([k.layers.Activation("relu")(y), y]))(
+            k.layers.Conv2D(8, 3, padding="same")(x)
+        ),
+        [],
+    ),
+    # the LeakyReLU-style ReLU (negative slope) is not a clip: computed as usual
+    (
+        "leaky-relu-layer",
+        lambda k, x: k.layers.ReLU(negative_slope=0.1)(k.layers.Conv2D(8, 1)(x)),
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("body, expected", [pytest.param(*c[1:], id=c[0]) for c in IN_PLACE])
+def test_activation_overwrites_only_what_nothing_else_reads(tmp_path, flavor, body, expected):
+    model = build_model(flavor, graph(body), (32, 32, 8))
+    path = save(model, tmp_path, flavor)
+    x = make_input((3, 32, 32, 8))
+    original = x.copy()
+    expected_output = keras_predict(model, x)
+    engine = kerascheck.load(path)
+    names = {layer.name: i for i, layer in enumerate(model.layers)}
+    planned = engine.graph.in_place_calls()
+    # Keras names layers per session (re_lu_3, activation_7): compare by kind and count
+    assert [n.rstrip("_0123456789") for n in planned] == expected, (planned, names)
+
+    predicted = engine.predict(x)
+    np.testing.assert_array_equal(x, original)  # the input is untouched
+    assert_matches(predicted, expected_output, what=f"{flavor} predict")
+    unfused = engine.run(x)[model.layers[-1].name]  # every call as written
+    scale = float(np.max(np.abs(expected_output)))
+    assert float(np.max(np.abs(predicted - unfused))) <= 1e-5 * scale  # a fold rounds apart
+    np.testing.assert_array_equal(engine.predict(x), predicted)  # a second run: same

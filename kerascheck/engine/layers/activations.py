@@ -62,6 +62,16 @@ class ReLU(Layer):
     def call(self, x):
         return activations.relu(x, self.negative_slope, self.max_value, self.threshold)
 
+    def writes_in_place(self) -> bool:
+        """Whether `call_in_place` overwrites its input (`fusion`): a plain clip."""
+        return self.negative_slope == 0 and self.threshold == 0
+
+    def call_in_place(self, x):
+        """`call(x)`, written over `x` where it can be."""
+        if not self.writes_in_place() or x.dtype.kind != "f" or not x.flags.c_contiguous:
+            return self.call(x)
+        return activations.clip_in_place(x, 0.0, self.max_value)
+
     def vjp(self, x, training=False, noise=None):
         slope = relu_slope(x, self.negative_slope, self.max_value, self.threshold)
         return _scaled(self.call(x), slope)

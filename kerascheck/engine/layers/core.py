@@ -165,6 +165,14 @@ class Activation(Layer):
     def call(self, x):
         return activations.apply(self.fn, x)
 
+    def writes_in_place(self) -> bool:
+        """Whether `call_in_place` overwrites its input (`fusion`): elementwise ones."""
+        return self.fn not in activations.ALONG_AXIS
+
+    def call_in_place(self, x):
+        """`call(x)`, written over `x` where it can be."""
+        return activations.apply_in_place(self.fn, x)
+
     def vjp(self, x, training=False, noise=None):
         return with_activation(self.fn, x, lambda dz: (dz, {}))
 
