@@ -390,6 +390,7 @@ def _assign(model, new):
     for key, value in new.items():
         layer, weight = key.split("/", 1)
         model.graph.layers[layer].w[weight][...] = value
+    model.graph.weights_changed()
 
 
 def _moving(model) -> dict:
@@ -412,6 +413,7 @@ def _update_moving(model, batch_stats):
             old = layer.w[key]
             stat = np.asarray(stat, old.dtype).reshape(old.shape)
             old[...] = old * momentum + stat * (1.0 - momentum)
+    model.graph.weights_changed()
 
 
 def _used_stats(model, name, stats):

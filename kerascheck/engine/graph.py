@@ -174,6 +174,12 @@ class Graph:
                 if f"{name}_mask" in params and kwargs.get(f"{name}_mask") is None:
                     kwargs[f"{name}_mask"] = value
 
+    def weights_changed(self) -> None:
+        """Forget the folded weights: call after changing weights in place (they are
+        folded from the values at the first `run(keep=False)`)."""
+        for fold, _ in self._folds.values():
+            fold.folded.clear()
+
     def folded_pairs(self) -> list[tuple[str, str]]:
         """(call, BatchNormalization call) pairs `run(keep=False)` has folded so far."""
         return [

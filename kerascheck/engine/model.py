@@ -33,7 +33,11 @@ class EngineModel:
         return [i.name for i in self.spec.inputs]
 
     def predict(self, x, batch_size: int | None = None):
-        """Model outputs: one array, or a list for a model with several outputs."""
+        """Model outputs: one array, or a list for a model with several outputs.
+
+        An inference BatchNormalization is folded into the layer before it from the
+        weights as they are at the first call; after changing weights in place, call
+        `graph.weights_changed()`."""
         outputs = self._batched(x, batch_size, keep=False)[0]
         return outputs[0] if len(outputs) == 1 else outputs
 

@@ -37,6 +37,13 @@ CONV1D = cells(
     ("causal", dict(filters=3, kernel_size=3, padding="causal"), (8, 2)),
     ("causal-dilated", dict(filters=3, kernel_size=2, padding="causal", dilation_rate=3), (9, 2)),
     ("causal-s2", dict(filters=3, kernel_size=3, padding="causal", strides=2), (9, 2)),
+    # at most half as many filters as input channels, stride 1: one matmul per tap
+    (
+        "few-filters-causal",
+        dict(filters=2, kernel_size=3, padding="causal", dilation_rate=2),
+        (9, 5),
+    ),
+    ("few-filters-valid", dict(filters=2, kernel_size=4, use_bias=False), (9, 4)),
     ("groups", dict(filters=6, kernel_size=3, groups=3, padding="same"), (8, 6)),
     ("nobias-selu", dict(filters=4, kernel_size=3, use_bias=False, activation="selu"), (8, 3)),
     (
@@ -71,6 +78,19 @@ CONV2D = cells(
     ("valid-s21", dict(filters=3, kernel_size=(2, 3), strides=(2, 1)), (7, 8, 2)),
     ("dilated", dict(filters=3, kernel_size=3, dilation_rate=(2, 1), padding="same"), (7, 6, 2)),
     ("groups", dict(filters=4, kernel_size=3, groups=2, padding="same"), (6, 7, 4)),
+    # at most half as many filters as input channels, stride 1: one matmul per tap
+    ("few-filters-same", dict(filters=3, kernel_size=3, padding="same"), (7, 6, 6)),
+    ("few-filters-valid-k23", dict(filters=2, kernel_size=(2, 3), use_bias=False), (7, 8, 5)),
+    (
+        "few-filters-dilated-relu",
+        dict(filters=2, kernel_size=3, dilation_rate=(2, 1), padding="same", activation="relu"),
+        (8, 7, 4),
+    ),
+    (
+        "few-filters-cf",
+        dict(filters=2, kernel_size=3, padding="same", data_format="channels_first"),
+        (6, 7, 8),
+    ),
     (
         "nobias-hard-sigmoid",
         dict(filters=4, kernel_size=2, use_bias=False, activation="hard_sigmoid"),
@@ -97,6 +117,7 @@ def test_conv2d(check_layer, kwargs, shape, flavors):
 CONV3D = cells(
     ("same-s2", dict(filters=3, kernel_size=3, strides=2, padding="same"), (5, 6, 5, 2)),
     ("valid-k2", dict(filters=3, kernel_size=(2, 3, 2)), (4, 5, 4, 2)),
+    ("few-filters-same", dict(filters=2, kernel_size=3, padding="same"), (8, 8, 8, 4)),
     (
         "dilated-groups-relu",
         dict(filters=4, kernel_size=2, dilation_rate=2, groups=2, activation="relu"),

@@ -215,3 +215,18 @@ def test_activation_overwrites_only_what_nothing_else_reads(tmp_path, flavor, bo
     scale = float(np.max(np.abs(expected_output)))
     assert float(np.max(np.abs(predicted - unfused))) <= 1e-5 * scale  # a fold rounds apart
     np.testing.assert_array_equal(engine.predict(x), predicted)  # a second run: same
+
+
+def test_weights_changed_in_place_refold(tmp_path):
+    model = build_model("keras", chain(conv(filters=4, kernel_size=3)), (6, 6, 3))
+    path = save(model, tmp_path, "keras")
+    x = make_input((3, 6, 6, 3))
+    engine = kerascheck.load(path)
+    before = engine.predict(x)
+    norm = engine.graph.layers[model.layers[2].name]
+    norm.w["moving_mean"][...] += 1.0  # in place, as a training step updates it
+    engine.graph.weights_changed()
+    after = engine.predict(x)
+    unfolded = engine.run(x)[model.layers[-1].name]
+    np.testing.assert_allclose(after, unfolded, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(after, before, atol=1e-3)
