@@ -308,18 +308,18 @@ def _piece_stats(a: np.ndarray, b: np.ndarray, start: int) -> tuple:
     """(largest |a - b|, its first flat position counted from `start`, sum |a - b|,
     sum (a - b)^2, sum a*b, sum a^2, sum b^2, max |b|) of one piece of two flat arrays.
 
-    The squared norms are float64 sums; the differences' sums are NumPy's pairwise
-    sums in the arrays' own precision (relative error about log2(n) ulps, and they
-    are reported to a few digits), redone in float64 if the squares overflow; a*b
-    is (a^2 + b^2 - (a - b)^2) / 2, which saves a pass."""
+    Sums are taken in the arrays' own precision, one piece at a time (the pieces'
+    sums then add up in float64): |a - b| by NumPy's pairwise sum, the squares by
+    BLAS dot products, about 1e-6 relative in float32 for sums that are reported
+    to a few digits, and a fifth of the time float64 casts took. A float32 square
+    beyond float32's range is redone in float64, so the norms are finite exactly
+    when every value is. a*b is (a^2 + b^2 - (a - b)^2) / 2, which saves a pass."""
     with np.errstate(over="ignore", invalid="ignore"):
         diff = np.subtract(a, b)
         np.abs(diff, out=diff)
-        squares = float(np.dot(diff, diff))
-    if not np.isfinite(squares):
-        squares = _dot64(diff, diff)
-    flat = int(np.argmax(diff))
-    norm_a, norm_b = _dot64(a, a), _dot64(b, b)
+        squares = _dot(diff)
+        flat = int(np.argmax(diff))
+        norm_a, norm_b = _dot(a), _dot(b)
     return (
         float(diff[flat]),
         start + flat,
@@ -330,6 +330,12 @@ def _piece_stats(a: np.ndarray, b: np.ndarray, start: int) -> tuple:
         norm_b,
         max(float(np.max(b)), -float(np.min(b))),
     )
+
+
+def _dot(x: np.ndarray) -> float:
+    """The sum of `x * x` by BLAS in `x`'s precision, or in float64 where that overflows."""
+    total = float(np.dot(x, x))
+    return total if np.isfinite(total) else _dot64(x, x)
 
 
 def _dot64(x: np.ndarray, y: np.ndarray) -> float:
