@@ -513,3 +513,23 @@ def test_calls_leave_no_patch_matrix_for_the_garbage_collector(tmp_path):
         gc.enable()
     patches = 4 * 32 * 32 * 9 * 8 * 4  # bytes of one call's patch matrix
     assert grown < patches / 4, f"{grown} bytes left behind by 6 calls"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(filters=4, kernel_size=3, strides=2, padding="same"),
+        dict(filters=6, kernel_size=3, groups=2, use_bias=False),
+        dict(filters=5, kernel_size=(2, 3), dilation_rate=2, padding="same", activation="relu"),
+    ],
+    ids=["same-s2-bias", "groups-nobias", "dilated-relu"],
+)
+@pytest.mark.parametrize("block", [1, 12_000, 25_000], ids=["rows", "samples", "two-samples"])
+def test_conv2d_in_blocks_of_the_batch(check_layer, monkeypatch, kwargs, block):
+    """A patch matrix larger than the block size is built and multiplied a block at a
+    time: a row of one sample, or (about 10 KB a sample here) one or two samples."""
+    from kerascheck.engine.layers import conv
+
+    monkeypatch.setattr(conv, "PATCH_BLOCK_BYTES", block)
+    x = make_input((3, 9, 8, 4))
+    check_layer(lambda k: k.layers.Conv2D(**kwargs), (9, 8, 4), x=x)
