@@ -1133,7 +1133,8 @@ def explain(
 
     Shows the input cells a convolution reads (zero padding included), each kernel
     tap's contribution, the bias and the activation, or where a Flatten output
-    comes from; no TensorFlow needed.
+    comes from; no TensorFlow needed. The forward runs in batches of --batch-size;
+    a gradient is taken over the whole batch at once, as `grad` takes it.
     """
     from rich.text import Text
 
@@ -1153,7 +1154,7 @@ def explain(
             coordinates = tuple(int(part) for part in index.split(","))
         except ValueError:
             raise KerascheckError(f"--index expects integers like 0,3,1,7, found '{index}'")
-        result = explain_element(model, inputs, layer, coordinates)
+        result = explain_element(model, inputs, layer, coordinates, batch_size)
     console = _console()
     from .report.names import display, safe_text
 

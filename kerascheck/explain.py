@@ -29,14 +29,16 @@ class Explanation:
     recomputed: float | None = None  # the value rebuilt from the lines' arithmetic
 
 
-def explain(model: EngineModel, inputs, layer: str, index: tuple) -> Explanation:
+def explain(
+    model: EngineModel, inputs, layer: str, index: tuple, batch_size: int | None = None
+) -> Explanation:
     calls = [c for c in model.spec.calls if c.name == layer or c.layer == layer]
     if not calls:
         raise KerascheckError(
             f"--layer: expected one of {[c.name for c in model.spec.calls]}, found '{layer}'"
         )
     call = calls[0]
-    values = model.run(inputs)
+    values = model.run(inputs, batch_size=batch_size)
     engine_layer = model.graph.layers[call.layer]
     output = np.asarray(values[call.name])
     if len(index) != output.ndim or any(not 0 <= i < n for i, n in zip(index, output.shape)):

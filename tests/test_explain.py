@@ -83,3 +83,25 @@ def test_cli_explain_and_errors():
     assert bad.exit_code == 2 and "--index" in bad.stderr
     bad = runner.invoke(main, ["explain", model, data, "--layer", "nope", "--index", "0"])
     assert bad.exit_code == 2 and "'conv2d_1'" in bad.stderr
+
+
+def test_cli_explain_runs_in_batches_of_batch_size(monkeypatch):
+    """--batch-size bounds each engine run: three samples in batches of one, the same value."""
+    model = os.path.join(SAMPLES, "seed000_regressor.keras")
+    data = os.path.join(SAMPLES, "seed000_regressor.input.npy")
+    sizes = []
+    run = kerascheck.engine.graph.Graph.run
+
+    def counting(self, inputs, *args, **kwargs):
+        sizes.append(len(inputs[0]))
+        return run(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(kerascheck.engine.graph.Graph, "run", counting)
+    args = ["explain", model, data, "--layer", "conv2d", "--index", "2,0,0,3"]
+    runner = CliRunner()
+    whole = runner.invoke(main, args)
+    sizes.clear()
+    batched = runner.invoke(main, [*args, "--batch-size", "1"])
+    assert whole.exit_code == 0 and batched.exit_code == 0, batched.output
+    assert sizes and max(sizes) == 1  # the probe at load is an empty batch
+    assert batched.stdout.splitlines()[-1] == whole.stdout.splitlines()[-1]
