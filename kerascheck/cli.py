@@ -658,6 +658,7 @@ def _read_arrays(path: str) -> dict:
     show_default=True,
     help="What --against arrays are judged against; numpy runs without TensorFlow.",
 )
+@rows_options
 @report_options
 @ORACLE_OPTION
 @click.option(
@@ -688,6 +689,8 @@ def grad(
     json_path,
     junit_path,
     markdown_path,
+    only_failures,
+    all_rows,
     oracle,
     input_layout,
 ):
@@ -702,6 +705,7 @@ def grad(
     from .report import grad_report
     from .targets import read_sample_weight, read_targets
 
+    _rows_choice(only_failures, all_rows)  # contradicting flags fail before the work
     phases = Phases()
     with phases.showing("reading the model, its input and target"):
         model = _load(model_path)
@@ -765,7 +769,11 @@ def grad(
     _write(markdown_path, grad_report.grad_markdown(result))
     if save_grads:
         np.savez(save_grads, **result.saved)
-    _console().print(grad_report.grad_table(result))
+    _print_table(
+        lambda width, height, only: grad_report.grad_table(result, only, height),
+        only_failures,
+        all_rows,
+    )
     sys.exit(EXIT_MATCH if result.status == "match" else EXIT_MISMATCH)
 
 
@@ -1134,7 +1142,7 @@ def explain(
     Shows the input cells a convolution reads (zero padding included), each kernel
     tap's contribution, the bias and the activation, or where a Flatten output
     comes from; no TensorFlow needed. The forward runs in batches of --batch-size;
-    a gradient is taken over the whole batch at once, as `grad` takes it.
+    a gradient is taken over all the samples at once (as `grad` does by default).
     """
     from rich.text import Text
 

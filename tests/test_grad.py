@@ -278,3 +278,36 @@ def test_an_output_that_is_one_piece_of_a_split_is_differentiated(tmp_path):
     assert result.status == "match", result.first_divergence
     loss_row = result.rows[0]
     assert [t.tensor for t in loss_row.tensors] == ["loss", "d_prediction"]
+
+
+def test_cli_only_failures_shows_the_failing_tensors(tmp_path, monkeypatch):
+    """--only-failures keeps the tensors that are not 'match' (and the first divergence);
+    without it every tensor has its row."""
+    _, path = mlp("keras", tmp_path)
+    x, y = batch()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    real = core.Dense.vjp
+
+    def wrong_kernel(self, x, training=False, noise=None):
+        output, backward = real(self, x, training, noise)
+        if self.name != "middle":
+            return output, backward
+
+        def chained(d_output):
+            d_input, grads = backward(d_output)
+            return d_input, {**grads, "kernel": grads["kernel"] * 1.01}
+
+        return output, chained
+
+    monkeypatch.setattr(core.Dense, "vjp", wrong_kernel)
+    args = ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    every = CliRunner().invoke(main, args)
+    only = CliRunner().invoke(main, [*args, "--only-failures"])
+    assert every.exit_code == 1 and only.exit_code == 1, only.output
+    assert "hidden" in every.stdout and "bias" in every.stdout
+    assert "middle" in only.stdout and "kernel" in only.stdout
+    assert "hidden" not in only.stdout and "d_input" not in only.stdout
+    assert "rows (only failures)" in only.stdout
+    both = CliRunner().invoke(main, [*args, "--only-failures", "--all-rows"])
+    assert both.exit_code == 2 and "contradict" in both.stderr

@@ -14,6 +14,7 @@ from rich.text import Text
 from ..grad import GradResult
 from .json_report import SCHEMA_VERSION
 from .names import PATH_LIMIT, cell, display, markdown_cell, markdown_code
+from .tables import rows_line, show_only_failures
 
 STYLE = {"match": "green", "mismatch": "red", "drift": "yellow", "skipped": "dim"}
 
@@ -49,7 +50,12 @@ def loss_line(result: GradResult) -> Text:
     return text
 
 
-def grad_table(result: GradResult) -> Group:
+def grad_table(result: GradResult, only_failures: bool | None = False, height=None) -> Group:
+    """The table of every call's tensors; with `only_failures` (None: when something
+    failed and the table is taller than `height` lines), only the tensors that are not
+    `match`, and the first divergence."""
+    total = sum(len(row.tensors) for row in result.rows)
+    only = show_only_failures(only_failures, total, result.status != "match", height)
     table = Table(title=Text(_title(result)), title_justify="left")
     # own / carried: ||engine - keras|| / ||keras|| per tensor; ratio: ||engine|| / ||keras||
     table.add_column("#", justify="right", style="dim")
@@ -73,14 +79,19 @@ def grad_table(result: GradResult) -> Group:
     if hints:
         table.add_column("likely cause", overflow="fold")
     first = result.first_divergence
+    rows = 0
     for index, row in enumerate(result.rows):
-        for position, tensor in enumerate(row.tensors):
+        named = False  # the call's number, name and class go on its first row shown
+        for tensor in row.tensors:
             shown = tensor.own or tensor.carried
             is_first = first and (first["call"], first["tensor"]) == (row.name, tensor.tensor)
+            if only and tensor.status == "match" and not is_first:
+                continue
+            rows += 1
             cells = [
-                str(index) if position == 0 else "",
-                cell(row.name) if position == 0 else "",
-                cell(row.class_name) if position == 0 else "",
+                "" if named else str(index),
+                "" if named else cell(row.name),
+                "" if named else cell(row.class_name),
                 cell(tensor.tensor),
                 "(" + ", ".join(str(d) for d in tensor.shape) + ")",
                 _num(tensor.keras_norm),
@@ -104,7 +115,11 @@ def grad_table(result: GradResult) -> Group:
             if hints:
                 cells.append(cell(tensor.hint or "", None))  # plain text: hints hold [brackets]
             table.add_row(*cells, style="bold red reverse" if is_first else None)
-    return Group(loss_line(result), table, verdict(result))
+            named = True
+    parts = [loss_line(result), table]
+    if only:
+        parts.append(rows_line(rows, total))
+    return Group(*parts, verdict(result))
 
 
 def verdict(result: GradResult) -> Text:

@@ -134,7 +134,7 @@ def _table(title, columns: dict[str, _Column], row_styles: list) -> Table:
     return table
 
 
-def _show_only_failures(only_failures: bool | None, rows: int, failed: bool, height) -> bool:
+def show_only_failures(only_failures: bool | None, rows: int, failed: bool, height) -> bool:
     """None: failures only when something failed and the whole table is taller than
     the screen (`height`; None for files and pipes, which get every row)."""
     if only_failures is not None:
@@ -142,7 +142,7 @@ def _show_only_failures(only_failures: bool | None, rows: int, failed: bool, hei
     return failed and height is not None and rows + TABLE_LINES > height
 
 
-def _rows_line(shown: int, total: int) -> Text:
+def rows_line(shown: int, total: int) -> Text:
     return Text(
         f"showing {shown} of {total} rows (only failures); --all-rows to show every row",
         style="dim",
@@ -166,7 +166,7 @@ def diff_table(
     comparison = result.comparison
     first = comparison.first_divergence
     everything = list(enumerate(comparison.layers))
-    failures = _show_only_failures(
+    failures = show_only_failures(
         only_failures, len(everything), comparison.status == "mismatch", height
     )
     shown = [
@@ -183,7 +183,7 @@ def diff_table(
     styles = ["bold red reverse" if row.name == first else None for _, row in shown]
     lines = [_table(path_cell(title), columns, styles)]
     if failures:
-        lines.append(_rows_line(len(shown), len(everything)))
+        lines.append(rows_line(len(shown), len(everything)))
     lines.append(_verdict(result))
     own_tolerance = [r for r in comparison.layers if r.tolerance]
     if own_tolerance:
@@ -412,7 +412,7 @@ def audit_table(
     """One row per model, fitted to `width`; failures only as in `diff_table`."""
     total = len(outcome.results) + len(outcome.errors)
     failed = bool(outcome.errors) or any(r.status == "mismatch" for r in outcome.results)
-    failures = _show_only_failures(only_failures, total, failed, height)
+    failures = show_only_failures(only_failures, total, failed, height)
     results = [r for r in outcome.results if not failures or r.status != "match"]
     rows = [
         (
@@ -441,7 +441,7 @@ def audit_table(
     columns = _fit(columns, width, AUDIT_NARROWING)
     lines = [_table("kerascheck audit", columns, [None] * len(rows))]
     if failures:
-        lines.append(_rows_line(len(rows), total))
+        lines.append(rows_line(len(rows), total))
     lines.append(
         Text(
             f"{sum(r.status == 'match' for r in outcome.results)} match, "
