@@ -79,9 +79,8 @@ def test_engine_gradients_match_keras_and_the_loss_includes_regularization(flavo
     assert rows["hidden"]["kernel"].own.rel_error < 1e-5
 
 
-def test_a_wrong_layer_backward_is_pinned_to_that_layer_and_tensor(tmp_path, monkeypatch):
-    _, path = mlp("keras", tmp_path)
-    x, y = batch()
+def wrong_middle_kernel(monkeypatch):
+    """The engine's Dense 'middle' reports its kernel gradient 1 % too large."""
     real = core.Dense.vjp
 
     def off_by_one_percent(self, x, training=False, noise=None):
@@ -89,19 +88,19 @@ def test_a_wrong_layer_backward_is_pinned_to_that_layer_and_tensor(tmp_path, mon
         if self.name != "middle":
             return output, backward
 
-        def wrong(dz):
-            d_input, grads = backward.pre_activation(dz)
+        def wrong(d_output):
+            d_input, grads = backward(d_output)
             return d_input, {**grads, "kernel": grads["kernel"] * 1.01}
 
-        def chained(d_output):
-            from kerascheck.engine import activations
-
-            dz = activations.backward(backward.activation, backward.logits, output, d_output)
-            return wrong(dz)
-
-        return output, chained
+        return output, wrong
 
     monkeypatch.setattr(core.Dense, "vjp", off_by_one_percent)
+
+
+def test_a_wrong_layer_backward_is_pinned_to_that_layer_and_tensor(tmp_path, monkeypatch):
+    _, path = mlp("keras", tmp_path)
+    x, y = batch()
+    wrong_middle_kernel(monkeypatch)
     result = grad_model(path, kerascheck.load(path), [x], [y])
     assert result.first_divergence == {"call": "middle", "class_name": "Dense", "tensor": "kernel"}
     rows = {row.name: {t.tensor: t for t in row.tensors} for row in result.rows}
@@ -287,20 +286,7 @@ def test_cli_only_failures_shows_the_failing_tensors(tmp_path, monkeypatch):
     x, y = batch()
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    real = core.Dense.vjp
-
-    def wrong_kernel(self, x, training=False, noise=None):
-        output, backward = real(self, x, training, noise)
-        if self.name != "middle":
-            return output, backward
-
-        def chained(d_output):
-            d_input, grads = backward(d_output)
-            return d_input, {**grads, "kernel": grads["kernel"] * 1.01}
-
-        return output, chained
-
-    monkeypatch.setattr(core.Dense, "vjp", wrong_kernel)
+    wrong_middle_kernel(monkeypatch)
     args = ["grad", path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
     every = CliRunner().invoke(main, args)
     only = CliRunner().invoke(main, [*args, "--only-failures"])

@@ -158,17 +158,10 @@ def chunked(fn, *arrays, out=None):
     piece is read whole before its result is written), receives the result.
     """
     if np.size(arrays[0]) <= SMALL:  # the common case in recurrent steps: no more checks
-        if out is None:
-            return fn(*arrays)
-        out[...] = fn(*arrays)
-        return out
+        return _into(out, fn(*arrays))
     shape = np.shape(arrays[0])
     if any(a is not None and np.shape(a) != shape for a in arrays):
-        result = fn(*arrays)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return _into(out, fn(*arrays))
     size = math.prod(shape)
     flat = [None if a is None else np.ravel(a) for a in arrays]
 
@@ -185,6 +178,14 @@ def chunked(fn, *arrays, out=None):
 
     over_blocks(run, blocks(size - PIECE, size, pieces=True))
     return out.reshape(shape) if result is None else result
+
+
+def _into(out, result):
+    """`result`, written into `out` when there is one."""
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 @contextlib.contextmanager

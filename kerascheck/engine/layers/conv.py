@@ -77,8 +77,9 @@ def _by_patch_blocks(x, kernel_shape, matrices, strides, dilation, padding, grou
     filters = matrices.shape[0] * matrices.shape[2]
     per_row = matrices.shape[0] * matrices.shape[1] * x.itemsize * math.prod(lead[2:])
     parts = _blocks(lead[:2], max(1, PATCH_BLOCK_BYTES // max(per_row, 1)))
-    if len(parts) == 1:
-        patches = _block_patches(view, groups, ones)
+    matrix = None if ones else _input_matrix(x, view, groups)
+    if matrix is not None or len(parts) == 1:
+        patches = _block_patches(view, groups, ones) if matrix is None else matrix
         return _ungroup_product(np.matmul(patches, matrices), lead)
     out = np.empty((*lead, filters), np.result_type(x, matrices))
     for part in parts:  # blocks of samples or of rows, for the cache
@@ -307,12 +308,19 @@ def _patches(x, kernel_shape, strides, dilation, padding, groups, ones=False):
     rank = len(kernel_shape) - 2
     view = _windows(x, kernel_shape[:rank], strides, dilation, padding)
     lead = view.shape[: rank + 1]
-    channels = view.shape[-1] // groups
-    taps = math.prod(view.shape[rank + 1 : -1]) * channels
-    if not ones and groups == 1 and taps == channels and lead == x.shape[:-1]:
+    matrix = None if ones else _input_matrix(x, view, groups)
+    return (_block_patches(view, groups, ones) if matrix is None else matrix), lead
+
+
+def _input_matrix(x, view, groups):
+    """`x` itself as the patch matrix (1, positions, channels) when it is one: an
+    unpadded 1x1 stride-1 conv of one group on a C-contiguous input. None otherwise."""
+    rank = (view.ndim - 2) // 2
+    one_tap = math.prod(view.shape[rank + 1 : -1]) == 1
+    if groups == 1 and one_tap and view.shape[: rank + 1] == x.shape[:-1]:
         if x.flags.c_contiguous:
-            return x.reshape(1, math.prod(lead), taps), lead
-    return _block_patches(view, groups, ones), lead
+            return x.reshape(1, -1, x.shape[-1])
+    return None
 
 
 def _block_patches(view, groups, ones=False):
