@@ -1,6 +1,6 @@
 """`python -m kerascheck`: the same command line as `kerascheck`."""
 
-from .cli import main
+from .cli import entry
 
 if __name__ == "__main__":
-    main(prog_name="kerascheck")
+    entry()
